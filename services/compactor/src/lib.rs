@@ -1,0 +1,130 @@
+//! The compactor folds the event log into the Postgres read store.
+//!
+//! It consumes the input topics (sales, inventory, POS device, sensor readings, and
+//! the rejected-records topic) and writes raw rows together with its consumer offsets
+//! in one transaction per batch (see [`writer`]). It is the only writer of the read
+//! store and applies the schema migrations at start. A crash at any point leaves no
+//! gap and no duplicate.
+
+pub mod writer;
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use storepulse_runtime::config::{ConfigError, ConfigSource, Validate, invalid};
+use storepulse_runtime::consumer::{BatchConsumer, ConsumerSettings};
+use storepulse_runtime::{
+    AvroCodec, DeadLetters, EventProducer, KafkaConfig, LogConfig, PostgresConfig, RuntimeMetrics,
+    ServiceTasks, db, kafka, ops_http, telemetry,
+};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+pub use writer::{INPUT_TOPICS, ReadStoreWriter};
+
+/// The `[compactor]` section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CompactorSettings {
+    /// Consumer group; run more replicas (up to the partition count) to scale out.
+    pub group_id: String,
+    /// Address of `/metrics`, `/healthz`, `/readyz`.
+    pub http_listen: String,
+    /// Most records written per transaction.
+    pub batch_max_records: usize,
+    /// Longest wait to fill a batch, in ms; bounds read-store freshness.
+    pub batch_max_wait_ms: u64,
+    /// Time given to finish the batch in hand on SIGTERM, in ms.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for CompactorSettings {
+    fn default() -> Self {
+        Self {
+            group_id: "storepulse-compactor".into(),
+            http_listen: "0.0.0.0:9102".into(),
+            batch_max_records: 2_000,
+            batch_max_wait_ms: 100,
+            shutdown_grace_ms: 30_000,
+        }
+    }
+}
+
+impl Validate for CompactorSettings {
+    fn validate(&self, s: &str) -> Result<(), ConfigError> {
+        if self.group_id.is_empty() {
+            return Err(invalid(s, "group_id", "must not be empty"));
+        }
+        if self.batch_max_records == 0 {
+            return Err(invalid(s, "batch_max_records", "must be >= 1"));
+        }
+        Ok(())
+    }
+}
+
+/// Everything the compactor reads from configuration.
+#[derive(Debug, Clone)]
+pub struct CompactorConfig {
+    pub kafka: KafkaConfig,
+    pub postgres: PostgresConfig,
+    pub log: LogConfig,
+    pub compactor: CompactorSettings,
+}
+
+impl CompactorConfig {
+    pub fn from_source(src: &ConfigSource) -> Result<Self, ConfigError> {
+        Ok(Self {
+            kafka: src.section("kafka")?,
+            postgres: src.section("postgres")?,
+            log: src.section("log")?,
+            compactor: src.section("compactor")?,
+        })
+    }
+}
+
+/// Runs the compactor until `shutdown` is cancelled, serving ops on `http_listen`.
+pub async fn run(config: CompactorConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let listener = ops_http::bind(&config.compactor.http_listen).await?;
+    run_with_listener(config, listener, shutdown).await
+}
+
+/// Like [`run`], with the ops listener given by the caller (tests bind port 0).
+pub async fn run_with_listener(
+    config: CompactorConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let registry = telemetry::service_registry("compactor");
+    let metrics = RuntimeMetrics::register(&registry)?;
+    let pool = db::pool(&config.postgres)?;
+    let applied = db::migrate(&pool).await?;
+    info!(?applied, "read store schema is current");
+
+    let codec = AvroCodec::new();
+    let producer = EventProducer::new(&config.kafka, "storepulse-compactor", codec.clone(), metrics.clone())?;
+    let dead_letters = DeadLetters::new(producer.clone(), "compactor");
+    let writer = ReadStoreWriter::new(pool.clone(), codec, config.compactor.group_id.clone(), &registry)?;
+    let settings = ConsumerSettings {
+        group_id: config.compactor.group_id.clone(),
+        topics: INPUT_TOPICS.iter().map(|t| t.to_string()).collect(),
+        batch_max_records: config.compactor.batch_max_records,
+        batch_max_wait: Duration::from_millis(config.compactor.batch_max_wait_ms),
+    };
+    let consumer = BatchConsumer::new(&config.kafka, settings, writer, dead_letters, metrics)?;
+
+    let router = ops_http::ops_router(
+        registry,
+        vec![kafka::readiness(&config.kafka), db::readiness(pool)],
+    );
+    info!(addr = %listener.local_addr()?, group = %config.compactor.group_id, "compactor running");
+    let mut tasks = ServiceTasks::new(&shutdown);
+    tasks.spawn("ops-http", ops_http::serve(listener, router, tasks.token()));
+    tasks.spawn("consumer", consumer.run(tasks.token()));
+    tasks
+        .join(Duration::from_millis(config.compactor.shutdown_grace_ms))
+        .await?;
+    producer.flush(Duration::from_secs(5))?;
+    info!("compactor stopped");
+    Ok(())
+}

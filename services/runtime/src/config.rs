@@ -1,0 +1,303 @@
+//! Layered configuration: built-in defaults, then an optional TOML file, then
+//! `STOREPULSE_<SECTION>__<KEY>` environment variables (e.g. `STOREPULSE_KAFKA__BROKERS`).
+//!
+//! One file configures the whole pipeline; each service extracts the sections it
+//! uses. Unknown sections and unknown keys are errors that name the key, so a typo
+//! never silently falls back to a default. Values are validated at start
+//! ([`Validate`]), again naming the key.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// Environment variable prefix of every override.
+pub const ENV_PREFIX: &str = "STOREPULSE_";
+/// Environment variable naming the config file (alternative to `--config`).
+pub const CONFIG_FILE_ENV: &str = "STOREPULSE_CONFIG";
+
+/// Every top-level section any StorePulse service reads.
+pub const SECTIONS: &[&str] = &[
+    "kafka",
+    "postgres",
+    "log",
+    "ingest",
+    "compactor",
+    "rules",
+    "forecaster",
+    "notifier",
+];
+
+/// A configuration problem, naming the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}: {reason}")]
+    File { path: PathBuf, reason: String },
+    #[error("unknown config section `{0}` (known: {known})", known = SECTIONS.join(", "))]
+    UnknownSection(String),
+    #[error("config: {0}")]
+    Parse(Box<figment::Error>),
+    #[error("config key `{key}`: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+/// Checks that go beyond types. Errors name the full key (`section.key`).
+pub trait Validate {
+    fn validate(&self, section: &str) -> Result<(), ConfigError>;
+}
+
+/// Shorthand for an [`ConfigError::Invalid`].
+pub fn invalid(section: &str, key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: format!("{section}.{key}"),
+        reason: reason.into(),
+    }
+}
+
+/// The merged configuration sources, from which services extract their sections.
+#[derive(Debug, Clone)]
+pub struct ConfigSource {
+    figment: Figment,
+}
+
+impl ConfigSource {
+    /// Defaults ← `file` (or `$STOREPULSE_CONFIG`) ← `STOREPULSE_*` environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let from_env = std::env::var_os(CONFIG_FILE_ENV).map(PathBuf::from);
+        let file = file.map(Path::to_path_buf).or(from_env);
+        let mut figment = Figment::new();
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError::File {
+                    path,
+                    reason: "not found or not a file".into(),
+                });
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment = figment.merge(Env::prefixed(ENV_PREFIX).ignore(&["CONFIG"]).split("__"));
+        Self::from_figment(figment)
+    }
+
+    /// Only the given TOML text, no file and no environment (tests, embedded stacks).
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        Self::from_figment(Figment::new().merge(Toml::string(text)))
+    }
+
+    fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
+        let top: BTreeMap<String, figment::value::Value> =
+            figment.extract().map_err(|e| ConfigError::Parse(Box::new(e)))?;
+        if let Some(unknown) = top.keys().find(|k| !SECTIONS.contains(&k.as_str())) {
+            return Err(ConfigError::UnknownSection(unknown.clone()));
+        }
+        Ok(Self { figment })
+    }
+
+    /// One section, defaults filled in, validated.
+    pub fn section<T: DeserializeOwned + Default + Validate>(
+        &self,
+        name: &str,
+    ) -> Result<T, ConfigError> {
+        let value: T = if self.figment.find_value(name).is_ok() {
+            self.figment
+                .extract_inner(name)
+                .map_err(|e| ConfigError::Parse(Box::new(e)))?
+        } else {
+            T::default()
+        };
+        value.validate(name)?;
+        Ok(value)
+    }
+}
+
+/// How to reach Kafka, and how topics are named.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, comma separated.
+    pub brokers: String,
+    /// Prepended to every topic name, e.g. `staging.` → `staging.pos.sales.v1`.
+    pub topic_prefix: String,
+    /// How long a produce may wait for the broker before the caller gets an error.
+    pub produce_timeout_ms: u64,
+    /// Longest time the broker may hold a fetch; bounds end-to-end latency.
+    pub fetch_wait_max_ms: u64,
+    /// Partitions of topics created by `storepulse topics create` and the dev stack.
+    pub partitions: i32,
+    /// Extra librdkafka properties (security.protocol, sasl.*, ...), passed verbatim.
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:9092".into(),
+            topic_prefix: String::new(),
+            produce_timeout_ms: 5_000,
+            fetch_wait_max_ms: 10,
+            partitions: 6,
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+impl KafkaConfig {
+    /// The full name of a topic in this deployment.
+    pub fn topic(&self, base: &str) -> String {
+        format!("{}{}", self.topic_prefix, base)
+    }
+
+    /// The base name of a full topic name, if it carries this deployment's prefix.
+    pub fn base_topic<'a>(&self, full: &'a str) -> &'a str {
+        full.strip_prefix(self.topic_prefix.as_str()).unwrap_or(full)
+    }
+}
+
+impl Validate for KafkaConfig {
+    fn validate(&self, s: &str) -> Result<(), ConfigError> {
+        if self.brokers.trim().is_empty() {
+            return Err(invalid(s, "brokers", "must name at least one host:port"));
+        }
+        if self.produce_timeout_ms == 0 {
+            return Err(invalid(s, "produce_timeout_ms", "must be > 0"));
+        }
+        if self.partitions < 1 {
+            return Err(invalid(s, "partitions", "must be >= 1"));
+        }
+        if self
+            .topic_prefix
+            .chars()
+            .any(|c| !(c.is_ascii_alphanumeric() || "._-".contains(c)))
+        {
+            return Err(invalid(s, "topic_prefix", "only [A-Za-z0-9._-] allowed"));
+        }
+        Ok(())
+    }
+}
+
+/// The read store.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostgresConfig {
+    /// libpq-style URL, e.g. `postgres://storepulse@127.0.0.1:5432/storepulse`.
+    pub url: String,
+    /// Most connections this service holds.
+    pub pool_size: usize,
+    /// Bound on waiting for a connection, so a dead database fails requests fast.
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        Self {
+            url: "postgres://storepulse@127.0.0.1:5432/storepulse".into(),
+            pool_size: 8,
+            connect_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl Validate for PostgresConfig {
+    fn validate(&self, s: &str) -> Result<(), ConfigError> {
+        if let Err(e) = self.url.parse::<tokio_postgres::Config>() {
+            return Err(invalid(s, "url", format!("not a Postgres URL: {e}")));
+        }
+        if self.pool_size == 0 {
+            return Err(invalid(s, "pool_size", "must be >= 1"));
+        }
+        Ok(())
+    }
+}
+
+/// Log output.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `json` (one object per line, for collectors) or `text` (for humans).
+    pub format: LogFormat,
+    /// `tracing` filter directives, e.g. `info,storepulse_ingest=debug`. `RUST_LOG` wins.
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Json,
+            filter: "info".into(),
+        }
+    }
+}
+
+impl Validate for LogConfig {
+    fn validate(&self, s: &str) -> Result<(), ConfigError> {
+        tracing_subscriber::EnvFilter::try_new(&self.filter)
+            .map(|_| ())
+            .map_err(|e| invalid(s, "filter", e.to_string()))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_apply_when_sections_are_absent() {
+        let src = ConfigSource::from_toml("").expect("empty is fine");
+        let k: KafkaConfig = src.section("kafka").expect("defaults");
+        assert_eq!(k.brokers, "127.0.0.1:9092");
+        assert_eq!(k.topic("pos.sales.v1"), "pos.sales.v1");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let src = ConfigSource::from_toml("[kafka]\nbrokerz = \"x:1\"\n").expect("loads");
+        let err = src.section::<KafkaConfig>("kafka").expect_err("typo");
+        let msg = err.to_string();
+        assert!(msg.contains("brokerz"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_section_is_named() {
+        let err = ConfigSource::from_toml("[kafak]\nbrokers = \"x:1\"\n").expect_err("typo");
+        assert!(err.to_string().contains("kafak"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_is_named() {
+        let src = ConfigSource::from_toml("[kafka]\npartitions = 0\n").expect("loads");
+        let err = src.section::<KafkaConfig>("kafka").expect_err("invalid");
+        assert!(err.to_string().contains("kafka.partitions"), "{err}");
+        let src = ConfigSource::from_toml("[postgres]\nurl = \"nope://\"\n").expect("loads");
+        let err = src.section::<PostgresConfig>("postgres").expect_err("invalid");
+        assert!(err.to_string().contains("postgres.url"), "{err}");
+        let src = ConfigSource::from_toml("[kafka]\nproduce_timeout_ms = \"soon\"\n").expect("loads");
+        let err = src.section::<KafkaConfig>("kafka").expect_err("wrong type");
+        assert!(err.to_string().contains("produce_timeout_ms"), "{err}");
+    }
+
+    #[test]
+    fn file_and_environment_layer_over_defaults() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("storepulse.toml");
+        std::fs::write(&path, "[kafka]\nbrokers = \"file:1\"\npartitions = 3\n").expect("write");
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("STOREPULSE_KAFKA__BROKERS", "env:2");
+            let src = ConfigSource::load(Some(&path)).expect("load");
+            let k: KafkaConfig = src.section("kafka").expect("kafka");
+            assert_eq!(k.brokers, "env:2", "env overrides file");
+            assert_eq!(k.partitions, 3, "file overrides default");
+            assert_eq!(k.produce_timeout_ms, 5_000, "default kept");
+            Ok(())
+        });
+    }
+}

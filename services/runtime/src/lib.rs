@@ -1,0 +1,25 @@
+//! The plumbing every StorePulse service shares.
+//!
+//! Services are libraries with `pub async fn run(config, shutdown)`; this crate gives
+//! them configuration, the Avro codec and typed records, the Kafka producer and the
+//! batch consumer loop, dead-letter publishing, the Postgres pool and migrations, the
+//! ops HTTP server (`/metrics`, `/healthz`, `/readyz`), tracing setup and shutdown.
+
+pub mod avro;
+pub mod config;
+pub mod consumer;
+pub mod db;
+pub mod dead_letter;
+pub mod kafka;
+pub mod metrics;
+pub mod ops_http;
+pub mod records;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use avro::AvroCodec;
+pub use config::{ConfigSource, KafkaConfig, LogConfig, PostgresConfig};
+pub use dead_letter::{DeadLetters, Rejection};
+pub use kafka::EventProducer;
+pub use metrics::RuntimeMetrics;
+pub use shutdown::ServiceTasks;
