@@ -1,1 +1,32 @@
+//! Alert notifier. Will route alert transitions to webhook, WhatsApp Business, email and Slack receivers, recording outcomes on notifications.v1.
+//!
+//! In this release the service is a shell: configuration, the ops endpoints
+//! (`/metrics`, `/healthz`, `/readyz`) and graceful shutdown, via
+//! [`storepulse_runtime::service_shell`]. It consumes and produces nothing yet.
 
+use storepulse_runtime::config::{ConfigError, ConfigSource};
+use storepulse_runtime::service_shell::{ShellConfig, run_shell};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Name of the config section and of the service in metrics.
+pub const SERVICE: &str = "notifier";
+/// Default address of the ops endpoints.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:9105";
+
+/// Reads this service's configuration.
+pub fn config(src: &ConfigSource) -> Result<ShellConfig, ConfigError> {
+    ShellConfig::from_source(src, SERVICE, DEFAULT_LISTEN)
+}
+
+/// Runs until `shutdown` is cancelled.
+pub async fn run(config: ShellConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let listener = storepulse_runtime::ops_http::bind(&config.ops.http_listen).await?;
+    run_with_listener(config, listener, shutdown).await
+}
+
+/// Like [`run`], on a listener the caller bound.
+pub async fn run_with_listener(config: ShellConfig, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    run_shell(SERVICE, &config, listener, shutdown).await?;
+    Ok(())
+}

@@ -1,1 +1,33 @@
-fn main() {}
+//! `storepulse-rules` binary.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use storepulse_runtime::{ConfigSource, shutdown, telemetry};
+use tokio_util::sync::CancellationToken;
+
+/// Rules evaluator. Will evaluate threshold, absence, rate-of-change, stock and forecast rules per store in event time and emit alert lifecycle events to alerts.v1.
+///
+/// THIS RELEASE: a service shell only. It serves /metrics, /healthz and /readyz on
+/// rules.http_listen (default 9103) and stops cleanly on SIGTERM; it does not consume
+/// or produce any records yet.
+///
+/// Configuration: --config FILE (or STOREPULSE_CONFIG), overridden by
+/// STOREPULSE_<SECTION>__<KEY> variables.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// TOML configuration file.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let config = storepulse_rules::config(&ConfigSource::load(args.config.as_deref())?)?;
+    telemetry::init_tracing(&config.log);
+    let token = CancellationToken::new();
+    shutdown::cancel_on_signals(token.clone());
+    storepulse_rules::run(config, token).await
+}

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use figment::Figment;
-use figment::providers::{Env, Format, Toml};
+use figment::providers::{Env, Format, Serialized, Toml};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -94,6 +94,21 @@ impl ConfigSource {
             return Err(ConfigError::UnknownSection(unknown.clone()));
         }
         Ok(Self { figment })
+    }
+
+    /// One section layered over `default` (for sections whose defaults differ per
+    /// service, like listen ports), validated.
+    pub fn section_or<T: DeserializeOwned + Serialize + Validate>(
+        &self,
+        name: &str,
+        default: T,
+    ) -> Result<T, ConfigError> {
+        let value: T = Figment::from(Serialized::default(name, &default))
+            .merge(self.figment.clone())
+            .extract_inner(name)
+            .map_err(|e| ConfigError::Parse(Box::new(e)))?;
+        value.validate(name)?;
+        Ok(value)
     }
 
     /// One section, defaults filled in, validated.
@@ -239,6 +254,40 @@ impl Validate for LogConfig {
     }
 }
 
+/// Ops endpoints and lifecycle of a service without settings of its own yet.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpsSettings {
+    /// Address of `/metrics`, `/healthz`, `/readyz`.
+    pub http_listen: String,
+    /// Time given to in-flight work on SIGTERM, in ms.
+    #[serde(default = "default_shutdown_grace_ms")]
+    pub shutdown_grace_ms: u64,
+}
+
+fn default_shutdown_grace_ms() -> u64 {
+    30_000
+}
+
+impl OpsSettings {
+    /// Settings listening on `addr`, other fields at their defaults.
+    pub fn listening_on(addr: &str) -> Self {
+        Self {
+            http_listen: addr.into(),
+            shutdown_grace_ms: default_shutdown_grace_ms(),
+        }
+    }
+}
+
+impl Validate for OpsSettings {
+    fn validate(&self, s: &str) -> Result<(), ConfigError> {
+        if self.http_listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid(s, "http_listen", format!("{:?} is not an ip:port address", self.http_listen)));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -264,6 +313,17 @@ mod tests {
         let err = src.section::<KafkaConfig>("kafka").expect_err("typo");
         let msg = err.to_string();
         assert!(msg.contains("brokerz"), "{msg}");
+    }
+
+    #[test]
+    fn per_service_defaults_layer_under_the_file() {
+        let src = ConfigSource::from_toml("[rules]\nshutdown_grace_ms = 5\n").expect("loads");
+        let ops: OpsSettings = src.section_or("rules", OpsSettings::listening_on("0.0.0.0:9103")).expect("ok");
+        assert_eq!(ops.http_listen, "0.0.0.0:9103");
+        assert_eq!(ops.shutdown_grace_ms, 5);
+        let src = ConfigSource::from_toml("[rules]\nhttp_listen = \"nowhere\"\n").expect("loads");
+        let err = src.section_or("rules", OpsSettings::listening_on("0.0.0.0:9103")).expect_err("bad addr");
+        assert!(err.to_string().contains("rules.http_listen"), "{err}");
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod ops_http;
 pub mod records;
+pub mod service_shell;
 pub mod shutdown;
 pub mod telemetry;
 
