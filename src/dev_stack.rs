@@ -1,0 +1,230 @@
+//! `storepulse dev`: the whole pipeline on one machine with simulated stores.
+//!
+//! Starts a throwaway Postgres and broker, creates topics, migrates, runs every
+//! service in-process, mints API keys for the simulated stores, and posts their
+//! events through the ingest API, showing live what flows. Ctrl-C stops the
+//! services (each finishes and commits its in-flight work), then the broker and
+//! Postgres, and removes the data directory.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use chrono::Utc;
+use storepulse_runtime::config::OpsSettings;
+use storepulse_runtime::records::topic;
+use storepulse_runtime::service_shell::ShellConfig;
+use storepulse_runtime::{KafkaConfig, LogConfig, PostgresConfig, db, kafka};
+use tokio_util::sync::CancellationToken;
+
+use crate::gateway::Gateway;
+use crate::local_stack::{self, LocalBroker, LocalPostgres};
+use crate::simulator::{SimConfig, Simulator};
+
+/// Options of `storepulse dev`.
+#[derive(Debug, Clone)]
+pub struct DevOptions {
+    pub stores: usize,
+    pub rate: u32,
+    pub seed: u64,
+    pub ingest_port: u16,
+    pub backfill_hours: i64,
+    pub data_dir: PathBuf,
+    pub tenant_id: String,
+}
+
+fn topic_of(ty: &str) -> &'static str {
+    match ty {
+        "sale" | "refund" | "void" => topic::SALES,
+        "stock_snapshot" | "stock_adjustment" => topic::INVENTORY,
+        "pos_heartbeat" => topic::DEVICE,
+        _ => topic::SENSOR_READINGS,
+    }
+}
+
+/// Runs the dev stack until `shutdown`.
+pub async fn run(opts: DevOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
+    local_stack::ensure_nisshi()?;
+    std::fs::create_dir_all(&opts.data_dir)?;
+    let root = tempfile::Builder::new()
+        .prefix("dev-")
+        .tempdir_in(&opts.data_dir)
+        .context("create the data directory")?;
+    eprintln!("starting Postgres and the broker in {} ...", root.path().display());
+    let pg = LocalPostgres::start(&root.path().join("pg"), None)?;
+    let database_url = pg.create_database("storepulse").await?;
+    let broker = LocalBroker::start(root.path(), "memory://nisshi/", None)?;
+    let kafka_cfg = broker.kafka_config("", 6);
+    wait_for_broker(&kafka_cfg).await?;
+    kafka::ensure_topics(&kafka_cfg, &topic::ALL, kafka_cfg.partitions).await?;
+    let postgres = PostgresConfig {
+        url: database_url.clone(),
+        ..PostgresConfig::default()
+    };
+    let pool = db::pool(&postgres)?;
+    db::migrate(&pool).await?;
+
+    let log = LogConfig {
+        format: storepulse_runtime::config::LogFormat::Text,
+        filter: "warn".into(),
+    };
+    let services = CancellationToken::new();
+    let mut handles = Vec::new();
+    let ingest_addr = format!("127.0.0.1:{}", opts.ingest_port);
+    let ingest_listener = match tokio::net::TcpListener::bind(&ingest_addr).await {
+        Ok(l) => l,
+        Err(_) => tokio::net::TcpListener::bind("127.0.0.1:0").await?,
+    };
+    let ingest_url = format!("http://{}", ingest_listener.local_addr()?);
+    let ingest_cfg = storepulse_ingest::IngestConfig {
+        kafka: kafka_cfg.clone(),
+        postgres: postgres.clone(),
+        log: log.clone(),
+        ingest: storepulse_ingest::IngestSettings {
+            rate_limit_events_per_sec: 100_000.0,
+            rate_limit_burst: 100_000.0,
+            ..Default::default()
+        },
+    };
+    handles.push(tokio::spawn(storepulse_ingest::run_with_listener(ingest_cfg, ingest_listener, services.clone())));
+    let compactor_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let compactor_addr = compactor_listener.local_addr()?;
+    let compactor_cfg = storepulse_compactor::CompactorConfig {
+        kafka: kafka_cfg.clone(),
+        postgres: postgres.clone(),
+        log: log.clone(),
+        compactor: Default::default(),
+    };
+    handles.push(tokio::spawn(storepulse_compactor::run_with_listener(compactor_cfg, compactor_listener, services.clone())));
+    let shell = |kafka: &KafkaConfig| ShellConfig {
+        kafka: kafka.clone(),
+        log: log.clone(),
+        ops: OpsSettings::listening_on("127.0.0.1:0"),
+    };
+    for (name, l) in [
+        ("rules", tokio::net::TcpListener::bind("127.0.0.1:0").await?),
+        ("forecaster", tokio::net::TcpListener::bind("127.0.0.1:0").await?),
+        ("notifier", tokio::net::TcpListener::bind("127.0.0.1:0").await?),
+    ] {
+        let cfg = shell(&kafka_cfg);
+        let token = services.clone();
+        handles.push(tokio::spawn(async move {
+            match name {
+                "rules" => storepulse_rules::run_with_listener(cfg, l, token).await,
+                "forecaster" => storepulse_forecaster::run_with_listener(cfg, l, token).await,
+                _ => storepulse_notifier::run_with_listener(cfg, l, token).await,
+            }
+        }));
+    }
+
+    let mut sim = Simulator::new(SimConfig {
+        tenant_id: opts.tenant_id.clone(),
+        stores: opts.stores,
+        seed: opts.seed,
+        start: Utc::now() - chrono::Duration::hours(opts.backfill_hours),
+        invalid_ratio: 0.002,
+    });
+    let mut keys = HashMap::new();
+    let mut sample_key = String::new();
+    for store in sim.store_ids() {
+        let k = storepulse_ingest::api_keys::create(&pool, &opts.tenant_id, &store, "simulator").await?;
+        if sample_key.is_empty() {
+            sample_key = format!("{} (store {store})", k.token);
+        }
+        keys.insert(store, k.token);
+    }
+    let gateway = Gateway::new(&ingest_url, keys);
+
+    println!();
+    println!("StorePulse is running ({} simulated stores, up to {} events/s).", opts.stores, opts.rate);
+    println!("  ingest API : {ingest_url}/v1/events   (metrics: {ingest_url}/metrics)");
+    println!("  sample key : {sample_key}");
+    println!("  Postgres   : psql {database_url}");
+    println!("  broker     : {}", kafka_cfg.brokers);
+    println!("  compactor  : http://{compactor_addr}/metrics");
+    println!("Press Ctrl-C to stop.\n");
+
+    let mut per_topic: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let mut last_report = Instant::now();
+    let mut last_counts = per_topic.clone();
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let per_tick = (opts.rate as usize / 10).max(1);
+    while !shutdown.is_cancelled() {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let now = Utc::now();
+        let mut batch = Vec::new();
+        while batch.len() < per_tick && sim.peek_time().is_some_and(|t| t <= now) {
+            batch.push(sim.next_event());
+        }
+        for e in &batch {
+            *per_topic.entry(topic_of(e.json["type"].as_str().unwrap_or(""))).or_default() += 1;
+        }
+        if !batch.is_empty()
+            && let Err(e) = gateway.post_all(&batch, 500, 8).await
+        {
+            eprintln!("posting failed: {e}");
+        }
+        if last_report.elapsed() >= Duration::from_secs(2) {
+            let secs = last_report.elapsed().as_secs_f64();
+            let rates: Vec<String> = per_topic
+                .iter()
+                .map(|(t, n)| format!("{t} {:.0}/s", (n - last_counts.get(t).copied().unwrap_or(0)) as f64 / secs))
+                .collect();
+            let rows = rows_written(&pool).await.unwrap_or(0);
+            println!(
+                "{} | rows in Postgres {rows} | accepted {} rejected {} | sim time {}",
+                rates.join("  "),
+                gateway.stats.accepted.load(Ordering::Relaxed),
+                gateway.stats.rejected.load(Ordering::Relaxed),
+                sim.peek_time().map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_default(),
+            );
+            last_counts = per_topic.clone();
+            last_report = Instant::now();
+        }
+    }
+
+    eprintln!("stopping services ...");
+    services.cancel();
+    for h in handles {
+        match h.await {
+            Ok(Err(e)) => eprintln!("service ended with an error: {e:#}"),
+            Err(e) => eprintln!("service task failed: {e}"),
+            Ok(Ok(())) => {}
+        }
+    }
+    drop(pool);
+    drop(broker);
+    drop(pg);
+    eprintln!("stopped; removed {}", root.path().display());
+    Ok(())
+}
+
+async fn rows_written(pool: &deadpool_postgres::Pool) -> anyhow::Result<i64> {
+    let client = pool.get().await?;
+    let row = client
+        .query_one(
+            "SELECT coalesce(sum(n_tup_ins), 0)::bigint FROM pg_stat_user_tables
+             WHERE relname IN ('sales','sale_lines','inventory_changes','pos_heartbeats','sensor_readings','rejected_events')",
+            &[],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// Waits until the broker answers metadata requests.
+pub async fn wait_for_broker(cfg: &KafkaConfig) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match kafka::probe(cfg, Duration::from_secs(2)).await {
+            Ok(n) if n > 0 => return Ok(()),
+            Ok(_) | Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(200)).await,
+            Ok(_) => anyhow::bail!("broker lists no brokers"),
+            Err(e) => anyhow::bail!("broker not reachable: {e}"),
+        }
+    }
+}
