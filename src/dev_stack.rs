@@ -52,7 +52,10 @@ pub async fn run(opts: DevOptions, shutdown: CancellationToken) -> anyhow::Resul
         .prefix("dev-")
         .tempdir_in(&opts.data_dir)
         .context("create the data directory")?;
-    eprintln!("starting Postgres and the broker in {} ...", root.path().display());
+    eprintln!(
+        "starting Postgres and the broker in {} ...",
+        root.path().display()
+    );
     let pg = LocalPostgres::start(&root.path().join("pg"), None)?;
     let database_url = pg.create_database("storepulse").await?;
     let broker = LocalBroker::start(root.path(), "memory://nisshi/", None)?;
@@ -88,7 +91,11 @@ pub async fn run(opts: DevOptions, shutdown: CancellationToken) -> anyhow::Resul
             ..Default::default()
         },
     };
-    handles.push(tokio::spawn(storepulse_ingest::run_with_listener(ingest_cfg, ingest_listener, services.clone())));
+    handles.push(tokio::spawn(storepulse_ingest::run_with_listener(
+        ingest_cfg,
+        ingest_listener,
+        services.clone(),
+    )));
     let compactor_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let compactor_addr = compactor_listener.local_addr()?;
     let compactor_cfg = storepulse_compactor::CompactorConfig {
@@ -97,7 +104,11 @@ pub async fn run(opts: DevOptions, shutdown: CancellationToken) -> anyhow::Resul
         log: log.clone(),
         compactor: Default::default(),
     };
-    handles.push(tokio::spawn(storepulse_compactor::run_with_listener(compactor_cfg, compactor_listener, services.clone())));
+    handles.push(tokio::spawn(storepulse_compactor::run_with_listener(
+        compactor_cfg,
+        compactor_listener,
+        services.clone(),
+    )));
     let shell = |kafka: &KafkaConfig| ShellConfig {
         kafka: kafka.clone(),
         log: log.clone(),
@@ -105,8 +116,14 @@ pub async fn run(opts: DevOptions, shutdown: CancellationToken) -> anyhow::Resul
     };
     for (name, l) in [
         ("rules", tokio::net::TcpListener::bind("127.0.0.1:0").await?),
-        ("forecaster", tokio::net::TcpListener::bind("127.0.0.1:0").await?),
-        ("notifier", tokio::net::TcpListener::bind("127.0.0.1:0").await?),
+        (
+            "forecaster",
+            tokio::net::TcpListener::bind("127.0.0.1:0").await?,
+        ),
+        (
+            "notifier",
+            tokio::net::TcpListener::bind("127.0.0.1:0").await?,
+        ),
     ] {
         let cfg = shell(&kafka_cfg);
         let token = services.clone();
@@ -129,7 +146,8 @@ pub async fn run(opts: DevOptions, shutdown: CancellationToken) -> anyhow::Resul
     let mut keys = HashMap::new();
     let mut sample_key = String::new();
     for store in sim.store_ids() {
-        let k = storepulse_ingest::api_keys::create(&pool, &opts.tenant_id, &store, "simulator").await?;
+        let k = storepulse_ingest::api_keys::create(&pool, &opts.tenant_id, &store, "simulator")
+            .await?;
         if sample_key.is_empty() {
             sample_key = format!("{} (store {store})", k.token);
         }
@@ -138,7 +156,10 @@ pub async fn run(opts: DevOptions, shutdown: CancellationToken) -> anyhow::Resul
     let gateway = Gateway::new(&ingest_url, keys);
 
     println!();
-    println!("StorePulse is running ({} simulated stores, up to {} events/s).", opts.stores, opts.rate);
+    println!(
+        "StorePulse is running ({} simulated stores, up to {} events/s).",
+        opts.stores, opts.rate
+    );
     println!("  ingest API : {ingest_url}/v1/events   (metrics: {ingest_url}/metrics)");
     println!("  sample key : {sample_key}");
     println!("  Postgres   : psql {database_url}");
@@ -162,7 +183,9 @@ pub async fn run(opts: DevOptions, shutdown: CancellationToken) -> anyhow::Resul
             batch.push(sim.next_event());
         }
         for e in &batch {
-            *per_topic.entry(topic_of(e.json["type"].as_str().unwrap_or(""))).or_default() += 1;
+            *per_topic
+                .entry(topic_of(e.json["type"].as_str().unwrap_or("")))
+                .or_default() += 1;
         }
         if !batch.is_empty()
             && let Err(e) = gateway.post_all(&batch, 500, 8).await
@@ -173,7 +196,12 @@ pub async fn run(opts: DevOptions, shutdown: CancellationToken) -> anyhow::Resul
             let secs = last_report.elapsed().as_secs_f64();
             let rates: Vec<String> = per_topic
                 .iter()
-                .map(|(t, n)| format!("{t} {:.0}/s", (n - last_counts.get(t).copied().unwrap_or(0)) as f64 / secs))
+                .map(|(t, n)| {
+                    format!(
+                        "{t} {:.0}/s",
+                        (n - last_counts.get(t).copied().unwrap_or(0)) as f64 / secs
+                    )
+                })
                 .collect();
             let rows = rows_written(&pool).await.unwrap_or(0);
             println!(
@@ -181,7 +209,9 @@ pub async fn run(opts: DevOptions, shutdown: CancellationToken) -> anyhow::Resul
                 rates.join("  "),
                 gateway.stats.accepted.load(Ordering::Relaxed),
                 gateway.stats.rejected.load(Ordering::Relaxed),
-                sim.peek_time().map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_default(),
+                sim.peek_time()
+                    .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+                    .unwrap_or_default(),
             );
             last_counts = per_topic.clone();
             last_report = Instant::now();
@@ -222,7 +252,9 @@ pub async fn wait_for_broker(cfg: &KafkaConfig) -> anyhow::Result<()> {
     loop {
         match kafka::probe(cfg, Duration::from_secs(2)).await {
             Ok(n) if n > 0 => return Ok(()),
-            Ok(_) | Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(200)).await,
+            Ok(_) | Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
             Ok(_) => anyhow::bail!("broker lists no brokers"),
             Err(e) => anyhow::bail!("broker not reachable: {e}"),
         }

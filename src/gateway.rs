@@ -70,8 +70,15 @@ impl Gateway {
     }
 
     /// Posts one store's batch; returns the per-event answers in batch order.
-    pub async fn post_batch(&self, store_id: &str, events: &[SimEvent]) -> Result<Vec<EventAnswer>, GatewayError> {
-        let key = self.keys.get(store_id).ok_or_else(|| GatewayError::NoKey(store_id.into()))?;
+    pub async fn post_batch(
+        &self,
+        store_id: &str,
+        events: &[SimEvent],
+    ) -> Result<Vec<EventAnswer>, GatewayError> {
+        let key = self
+            .keys
+            .get(store_id)
+            .ok_or_else(|| GatewayError::NoKey(store_id.into()))?;
         let body: Vec<&serde_json::Value> = events.iter().map(|e| &e.json).collect();
         let body = serde_json::to_vec(&body).unwrap_or_default();
         const ATTEMPTS: u32 = 20;
@@ -89,7 +96,11 @@ impl Gateway {
                 200 | 207 | 422 => {
                     let answer: BatchAnswer = resp.json().await?;
                     for a in &answer.results {
-                        let counter = if a.status == "accepted" { &self.stats.accepted } else { &self.stats.rejected };
+                        let counter = if a.status == "accepted" {
+                            &self.stats.accepted
+                        } else {
+                            &self.stats.rejected
+                        };
                         counter.fetch_add(1, Ordering::Relaxed);
                     }
                     return Ok(answer.results);
@@ -125,7 +136,10 @@ impl Gateway {
         use futures::StreamExt;
         let mut by_store: HashMap<&str, Vec<SimEvent>> = HashMap::new();
         for e in events {
-            by_store.entry(e.store_id.as_str()).or_default().push(e.clone());
+            by_store
+                .entry(e.store_id.as_str())
+                .or_default()
+                .push(e.clone());
         }
         let results = futures::stream::iter(by_store.into_iter().map(|(store, evs)| async move {
             let mut out = Vec::new();

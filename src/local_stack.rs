@@ -28,7 +28,11 @@ pub enum StackError {
     #[error("{0}")]
     Setup(String),
     #[error("{what} did not become ready within {secs}s; see {log}")]
-    NotReady { what: &'static str, secs: u64, log: String },
+    NotReady {
+        what: &'static str,
+        secs: u64,
+        log: String,
+    },
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> StackError {
@@ -94,7 +98,11 @@ pub fn postgres_bin_dir() -> Result<PathBuf, StackError> {
         return Ok(PathBuf::from(dir));
     }
     let mut candidates: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path().join("bin")).collect())
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.path().join("bin"))
+                .collect()
+        })
         .unwrap_or_default();
     candidates.retain(|p| p.join("initdb").is_file());
     candidates.sort_by_key(|p| {
@@ -130,8 +138,12 @@ fn postgres_user() -> Result<Option<(u32, u32)>, StackError> {
     for line in passwd.lines() {
         let f: Vec<&str> = line.split(':').collect();
         if f.len() > 3 && f[0] == "postgres" {
-            let uid = f[2].parse().map_err(|_| StackError::Setup("bad uid for postgres".into()))?;
-            let gid = f[3].parse().map_err(|_| StackError::Setup("bad gid for postgres".into()))?;
+            let uid = f[2]
+                .parse()
+                .map_err(|_| StackError::Setup("bad uid for postgres".into()))?;
+            let gid = f[3]
+                .parse()
+                .map_err(|_| StackError::Setup("bad gid for postgres".into()))?;
             return Ok(Some((uid, gid)));
         }
     }
@@ -141,7 +153,8 @@ fn postgres_user() -> Result<Option<(u32, u32)>, StackError> {
 }
 
 fn chown_tree(path: &Path, uid: u32, gid: u32) -> Result<(), StackError> {
-    std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(io(format!("chown {}", path.display())))?;
+    std::os::unix::fs::chown(path, Some(uid), Some(gid))
+        .map_err(io(format!("chown {}", path.display())))?;
     if path.is_dir() {
         for entry in std::fs::read_dir(path).map_err(io("read dir"))? {
             let entry = entry.map_err(io("read dir entry"))?;
@@ -178,7 +191,10 @@ impl LocalPostgres {
                     use std::os::unix::fs::PermissionsExt;
                     let mode = meta.permissions().mode();
                     if mode & 0o001 == 0 {
-                        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode | 0o001));
+                        let _ = std::fs::set_permissions(
+                            dir,
+                            std::fs::Permissions::from_mode(mode | 0o001),
+                        );
                     }
                 }
                 p = dir.parent();
@@ -193,7 +209,15 @@ impl LocalPostgres {
             let mut cmd = Command::new(bin.join("initdb"));
             cmd.args(["-D"])
                 .arg(&data_dir)
-                .args(["-U", "storepulse", "--auth=trust", "-E", "UTF8", "--no-sync", "--locale=C"])
+                .args([
+                    "-U",
+                    "storepulse",
+                    "--auth=trust",
+                    "-E",
+                    "UTF8",
+                    "--no-sync",
+                    "--locale=C",
+                ])
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped());
             as_user(&mut cmd);
@@ -219,7 +243,14 @@ impl LocalPostgres {
             .args(["-p", &port.to_string()])
             .args(["-c", "listen_addresses=127.0.0.1"])
             .args(["-c", "unix_socket_directories="])
-            .args(["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"])
+            .args([
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+            ])
             .args(["-c", "max_connections=300", "-c", "shared_buffers=256MB"])
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().map_err(io("log"))?)
@@ -227,7 +258,11 @@ impl LocalPostgres {
         as_user(&mut cmd);
         die_with_parent(&mut cmd);
         let child = cmd.spawn().map_err(io("start postgres"))?;
-        let pg = Self { child, port, data_dir };
+        let pg = Self {
+            child,
+            port,
+            data_dir,
+        };
         if !wait_for_port(port, Duration::from_secs(30)) {
             return Err(StackError::NotReady {
                 what: "postgres",
@@ -252,7 +287,9 @@ impl LocalPostgres {
                     tokio::spawn(conn);
                     break client;
                 }
-                Err(e) if Instant::now() > deadline => return Err(StackError::Setup(format!("postgres login: {e}"))),
+                Err(e) if Instant::now() > deadline => {
+                    return Err(StackError::Setup(format!("postgres login: {e}")));
+                }
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }
         };
@@ -292,7 +329,9 @@ pub fn find_nisshi() -> Option<PathBuf> {
     if let Some(home) = std::env::var_os("HOME") {
         dirs.push(PathBuf::from(home).join(".cargo/bin"));
     }
-    dirs.into_iter().map(|d| d.join("nisshi")).find(|p| p.is_file())
+    dirs.into_iter()
+        .map(|d| d.join("nisshi"))
+        .find(|p| p.is_file())
 }
 
 /// A Kafka-protocol broker (`nisshi`) on loopback.
@@ -321,8 +360,19 @@ impl LocalBroker {
         let log_file = std::fs::File::create(&log).map_err(io("create nisshi.log"))?;
         let mut cmd = Command::new(bin);
         cmd.current_dir(root)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-            .args(["--storage-engine", storage, "--group-initial-rebalance-delay", "0s"])
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args([
+                "--storage-engine",
+                storage,
+                "--group-initial-rebalance-delay",
+                "0s",
+            ])
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().map_err(io("log"))?)
             .stderr(log_file);
@@ -371,11 +421,22 @@ pub fn ensure_nisshi() -> Result<PathBuf, StackError> {
          (cargo +nightly install --locked; about 20 minutes on 2 cores) ..."
     );
     let status = Command::new("cargo")
-        .args(["+nightly", "install", "nisshi", "--version", NISSHI_VERSION, "--locked"])
+        .args([
+            "+nightly",
+            "install",
+            "nisshi",
+            "--version",
+            NISSHI_VERSION,
+            "--locked",
+        ])
         .status()
         .map_err(io("run cargo +nightly install nisshi"))?;
     if !status.success() {
-        return Err(StackError::Setup(format!("installing nisshi failed ({status})")));
+        return Err(StackError::Setup(format!(
+            "installing nisshi failed ({status})"
+        )));
     }
-    find_nisshi().ok_or_else(|| StackError::Setup("nisshi installed but not found on PATH or in ~/.cargo/bin".into()))
+    find_nisshi().ok_or_else(|| {
+        StackError::Setup("nisshi installed but not found on PATH or in ~/.cargo/bin".into())
+    })
 }

@@ -11,7 +11,9 @@ use storepulse::dev_stack::{self, DevOptions};
 use storepulse::gateway::Gateway;
 use storepulse::simulator::{SimConfig, Simulator};
 use storepulse_runtime::records::topic;
-use storepulse_runtime::{ConfigSource, KafkaConfig, PostgresConfig, db, kafka, shutdown, telemetry};
+use storepulse_runtime::{
+    ConfigSource, KafkaConfig, PostgresConfig, db, kafka, shutdown, telemetry,
+};
 use tokio_util::sync::CancellationToken;
 
 /// StorePulse: real-time monitoring of retail stores.
@@ -99,9 +101,7 @@ enum Command {
         database_url: Option<String>,
     },
     /// Run one service in this process (same as its own binary).
-    Run {
-        service: Service,
-    },
+    Run { service: Service },
     /// Install the nisshi broker used by the local stack and tests, if missing.
     InstallBroker,
 }
@@ -149,15 +149,39 @@ async fn main() -> anyhow::Result<()> {
     let src = ConfigSource::load(cli.config.as_deref())?;
     let token = CancellationToken::new();
     match cli.command {
-        Command::Dev { stores, rate, seed, ingest_port, backfill_hours, data_dir } => {
+        Command::Dev {
+            stores,
+            rate,
+            seed,
+            ingest_port,
+            backfill_hours,
+            data_dir,
+        } => {
             shutdown::cancel_on_signals(token.clone());
             dev_stack::run(
-                DevOptions { stores, rate, seed, ingest_port, backfill_hours, data_dir, tenant_id: "demo".into() },
+                DevOptions {
+                    stores,
+                    rate,
+                    seed,
+                    ingest_port,
+                    backfill_hours,
+                    data_dir,
+                    tenant_id: "demo".into(),
+                },
                 token,
             )
             .await
         }
-        Command::Simulate { ingest_url, database_url, tenant, stores, rate, duration, seed, invalid_ratio } => {
+        Command::Simulate {
+            ingest_url,
+            database_url,
+            tenant,
+            stores,
+            rate,
+            duration,
+            seed,
+            invalid_ratio,
+        } => {
             shutdown::cancel_on_signals(token.clone());
             let pool = db::pool(&postgres(&src, database_url)?)?;
             let mut sim = Simulator::new(SimConfig {
@@ -169,7 +193,8 @@ async fn main() -> anyhow::Result<()> {
             });
             let mut keys = HashMap::new();
             for store in sim.store_ids() {
-                let k = storepulse_ingest::api_keys::create(&pool, &tenant, &store, "simulator").await?;
+                let k = storepulse_ingest::api_keys::create(&pool, &tenant, &store, "simulator")
+                    .await?;
                 keys.insert(store, k.token);
             }
             let gateway = Gateway::new(&ingest_url, keys);
@@ -187,7 +212,10 @@ async fn main() -> anyhow::Result<()> {
                 let batch = sim.take(n);
                 gateway.post_all(&batch, 500, 8).await?;
                 sent += n as u64;
-                eprint!("\rposted {sent}/{total} events ({:.0}%)", 100.0 * sent as f64 / total as f64);
+                eprint!(
+                    "\rposted {sent}/{total} events ({:.0}%)",
+                    100.0 * sent as f64 / total as f64
+                );
             }
             let s = &gateway.stats;
             eprintln!(
@@ -198,19 +226,37 @@ async fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Keys { action, database_url } => {
+        Command::Keys {
+            action,
+            database_url,
+        } => {
             let pool = db::pool(&postgres(&src, database_url)?)?;
             db::migrate(&pool).await?;
             match action {
-                KeysAction::Create { tenant, store, label } => {
-                    let k = storepulse_ingest::api_keys::create(&pool, &tenant, &store, &label).await?;
+                KeysAction::Create {
+                    tenant,
+                    store,
+                    label,
+                } => {
+                    let k =
+                        storepulse_ingest::api_keys::create(&pool, &tenant, &store, &label).await?;
                     println!("{}", k.token);
-                    eprintln!("key {} for {tenant}/{store}: store it now, it is not shown again", k.key_id);
+                    eprintln!(
+                        "key {} for {tenant}/{store}: store it now, it is not shown again",
+                        k.key_id
+                    );
                 }
                 KeysAction::List { tenant } => {
-                    println!("{:<14} {:<16} {:<16} {:<25} {:<10} label", "key_id", "tenant", "store", "created", "status");
+                    println!(
+                        "{:<14} {:<16} {:<16} {:<25} {:<10} label",
+                        "key_id", "tenant", "store", "created", "status"
+                    );
                     for k in storepulse_ingest::api_keys::list(&pool, tenant.as_deref()).await? {
-                        let status = if k.revoked_at.is_some() { "revoked" } else { "active" };
+                        let status = if k.revoked_at.is_some() {
+                            "revoked"
+                        } else {
+                            "active"
+                        };
                         println!(
                             "{:<14} {:<16} {:<16} {:<25} {:<10} {}",
                             k.key_id,
@@ -232,7 +278,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Topics { partitions } => {
             let k: KafkaConfig = src.section("kafka")?;
             let n = partitions.unwrap_or(k.partitions);
-            kafka::ensure_topics(&k, &topic::ALL, n).await.context("create topics")?;
+            kafka::ensure_topics(&k, &topic::ALL, n)
+                .await
+                .context("create topics")?;
             for t in topic::ALL {
                 println!("{}", k.topic(t));
             }

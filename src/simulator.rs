@@ -112,8 +112,16 @@ impl Simulator {
             catalogue.push(Sku {
                 id: format!("sku-{i:04}"),
                 price_minor: rng.random_range(49..2_999),
-                per_sale: if slow { 1.0 } else { rng.random_range(1.0..3.0) },
-                weight: if slow { 0.05 } else { rng.random_range(0.5..3.0) },
+                per_sale: if slow {
+                    1.0
+                } else {
+                    rng.random_range(1.0..3.0)
+                },
+                weight: if slow {
+                    0.05
+                } else {
+                    rng.random_range(0.5..3.0)
+                },
             });
         }
         let mut stores = Vec::new();
@@ -121,24 +129,69 @@ impl Simulator {
         let mut queue = BinaryHeap::new();
         for s in 0..cfg.stores {
             let mut devices = vec![
-                Device { id: "fridge-1".into(), kind: "temperature", appliance: "fridge", setpoint: 4.0, drift: 0.0 },
-                Device { id: "freezer-1".into(), kind: "temperature", appliance: "freezer", setpoint: -18.0, drift: 0.0 },
-                Device { id: "door-1".into(), kind: "door", appliance: "entrance", setpoint: 0.0, drift: 0.0 },
+                Device {
+                    id: "fridge-1".into(),
+                    kind: "temperature",
+                    appliance: "fridge",
+                    setpoint: 4.0,
+                    drift: 0.0,
+                },
+                Device {
+                    id: "freezer-1".into(),
+                    kind: "temperature",
+                    appliance: "freezer",
+                    setpoint: -18.0,
+                    drift: 0.0,
+                },
+                Device {
+                    id: "door-1".into(),
+                    kind: "door",
+                    appliance: "entrance",
+                    setpoint: 0.0,
+                    drift: 0.0,
+                },
             ];
             if s % 2 == 0 {
-                devices.push(Device { id: "freezer-2".into(), kind: "temperature", appliance: "freezer", setpoint: -20.0, drift: 0.0 });
+                devices.push(Device {
+                    id: "freezer-2".into(),
+                    kind: "temperature",
+                    appliance: "freezer",
+                    setpoint: -20.0,
+                    drift: 0.0,
+                });
             }
             for t in 0..TERMINALS_PER_STORE {
                 let offset = rng.random_range(0..HEARTBEAT_SECS * 1_000_000);
-                queue.push(Reverse((start + offset, Source::Heartbeat { store: s, terminal: t })));
+                queue.push(Reverse((
+                    start + offset,
+                    Source::Heartbeat {
+                        store: s,
+                        terminal: t,
+                    },
+                )));
             }
             for d in 0..devices.len() {
                 let offset = rng.random_range(0..SENSOR_SECS * 1_000_000);
-                queue.push(Reverse((start + offset, Source::Sensor { store: s, device: d })));
+                queue.push(Reverse((
+                    start + offset,
+                    Source::Sensor {
+                        store: s,
+                        device: d,
+                    },
+                )));
             }
-            queue.push(Reverse((start + rng.random_range(0..10_000_000), Source::Sale { store: s })));
-            queue.push(Reverse((start + rng.random_range(0..300_000_000), Source::Snapshot { store: s })));
-            queue.push(Reverse((start + rng.random_range(0..3_600_000_000), Source::Delivery { store: s })));
+            queue.push(Reverse((
+                start + rng.random_range(0..10_000_000),
+                Source::Sale { store: s },
+            )));
+            queue.push(Reverse((
+                start + rng.random_range(0..300_000_000),
+                Source::Snapshot { store: s },
+            )));
+            queue.push(Reverse((
+                start + rng.random_range(0..3_600_000_000),
+                Source::Delivery { store: s },
+            )));
             stores.push(StoreState {
                 id: format!("store-{:03}", s + 1),
                 traffic: rng.random_range(0.5..1.5),
@@ -146,10 +199,19 @@ impl Simulator {
                 silent_terminal: None,
                 offline_until: None,
                 next_txn: 1,
-                stock: catalogue.iter().map(|_| rng.random_range(20.0..200.0_f64).round()).collect(),
+                stock: catalogue
+                    .iter()
+                    .map(|_| rng.random_range(20.0..200.0_f64).round())
+                    .collect(),
             });
         }
-        Self { cfg, rng, catalogue, stores, queue }
+        Self {
+            cfg,
+            rng,
+            catalogue,
+            stores,
+            queue,
+        }
     }
 
     /// Store ids, in order.
@@ -164,12 +226,17 @@ impl Simulator {
 
     /// Simulated time of the next event.
     pub fn peek_time(&self) -> Option<DateTime<Utc>> {
-        self.queue.peek().and_then(|Reverse((t, _))| DateTime::from_timestamp_micros(*t))
+        self.queue
+            .peek()
+            .and_then(|Reverse((t, _))| DateTime::from_timestamp_micros(*t))
     }
 
     fn event_id(&mut self) -> String {
         let bytes: [u8; 16] = self.rng.random();
-        uuid::Builder::from_random_bytes(bytes).into_uuid().hyphenated().to_string()
+        uuid::Builder::from_random_bytes(bytes)
+            .into_uuid()
+            .hyphenated()
+            .to_string()
     }
 
     /// Sales per hour multiplier: closed at night, peaks at noon and evening, busier weekends.
@@ -230,12 +297,18 @@ impl Simulator {
                 self.schedule(t, Duration::seconds(HEARTBEAT_SECS), source);
                 // Faults start here: rare, and they end by themselves.
                 if self.rng.random_bool(0.0005) {
-                    self.stores[store].offline_until = Some(t + Duration::minutes(self.rng.random_range(3..20)));
+                    self.stores[store].offline_until =
+                        Some(t + Duration::minutes(self.rng.random_range(3..20)));
                 }
                 if self.rng.random_bool(0.001) {
-                    self.stores[store].silent_terminal = Some((terminal, t + Duration::minutes(self.rng.random_range(3..30))));
+                    self.stores[store].silent_terminal = Some((
+                        terminal,
+                        t + Duration::minutes(self.rng.random_range(3..30)),
+                    ));
                 }
-                let silent = self.stores[store].silent_terminal.is_some_and(|(term, until)| term == terminal && t < until);
+                let silent = self.stores[store]
+                    .silent_terminal
+                    .is_some_and(|(term, until)| term == terminal && t < until);
                 if silent || self.offline(store, t) {
                     return None;
                 }
@@ -245,7 +318,11 @@ impl Simulator {
                     6 => "paper_out",
                     _ => "ok",
                 };
-                let network = if self.rng.random_bool(0.01) { "degraded" } else { "online" };
+                let network = if self.rng.random_bool(0.01) {
+                    "degraded"
+                } else {
+                    "online"
+                };
                 v["terminal_id"] = json!(format!("pos-{}", terminal + 1));
                 v["app_up"] = json!(!self.rng.random_bool(0.002));
                 v["printer"] = json!(printer);
@@ -262,7 +339,11 @@ impl Simulator {
                 let (_, mut v) = self.envelope(store, "sensor_reading", t);
                 let value = if dev.kind == "door" {
                     let open_p = 0.3 * Self::demand_factor(t).min(1.0);
-                    if self.rng.random_bool(open_p) { 1.0 } else { 0.0 }
+                    if self.rng.random_bool(open_p) {
+                        1.0
+                    } else {
+                        0.0
+                    }
                 } else {
                     // A freezer occasionally starts warming; it recovers after a while.
                     let d = &mut self.stores[store].devices[device];
@@ -283,7 +364,11 @@ impl Simulator {
             Source::Sale { store } => {
                 let rate_per_min = 1.5 * self.stores[store].traffic * Self::demand_factor(t);
                 let gap: f64 = -(1.0 - self.rng.random::<f64>()).ln() / rate_per_min.max(0.01);
-                self.schedule(t, Duration::milliseconds((gap * 60_000.0) as i64 + 1), source);
+                self.schedule(
+                    t,
+                    Duration::milliseconds((gap * 60_000.0) as i64 + 1),
+                    source,
+                );
                 if self.offline(store, t) {
                     return None;
                 }
@@ -307,20 +392,27 @@ impl Simulator {
                         })
                         .unwrap_or(0);
                     let sku = self.catalogue[idx].clone();
-                    let qty = (self.rng.random_range(0.5..1.5) * sku.per_sale).round().max(1.0);
+                    let qty = (self.rng.random_range(0.5..1.5) * sku.per_sale)
+                        .round()
+                        .max(1.0);
                     if kind == "sale" {
-                        self.stores[store].stock[idx] = (self.stores[store].stock[idx] - qty).max(0.0);
+                        self.stores[store].stock[idx] =
+                            (self.stores[store].stock[idx] - qty).max(0.0);
                     }
                     lines.push(json!({"sku": sku.id, "quantity": qty, "unit_price_minor": sku.price_minor}));
                 }
                 let st = &mut self.stores[store];
                 v["transaction_id"] = json!(format!("{}-{:08}", st.id, st.next_txn));
                 st.next_txn += 1;
-                v["terminal_id"] = json!(format!("pos-{}", self.rng.random_range(1..=TERMINALS_PER_STORE)));
+                v["terminal_id"] = json!(format!(
+                    "pos-{}",
+                    self.rng.random_range(1..=TERMINALS_PER_STORE)
+                ));
                 v["currency"] = json!("EUR");
                 v["lines"] = Value::Array(lines);
                 if kind != "sale" && st.next_txn > 2 {
-                    v["original_transaction_id"] = json!(format!("{}-{:08}", st.id, st.next_txn - 2));
+                    v["original_transaction_id"] =
+                        json!(format!("{}-{:08}", st.id, st.next_txn - 2));
                 }
                 (store, v)
             }
@@ -407,7 +499,9 @@ mod tests {
             tenant_id: "acme".into(),
             stores: 5,
             seed,
-            start: DateTime::parse_from_rfc3339("2026-11-20T08:00:00Z").expect("ts").with_timezone(&Utc),
+            start: DateTime::parse_from_rfc3339("2026-11-20T08:00:00Z")
+                .expect("ts")
+                .with_timezone(&Utc),
             invalid_ratio: 0.05,
         }
     }
@@ -424,12 +518,22 @@ mod tests {
     #[test]
     fn streams_are_time_ordered_and_varied() {
         let events = Simulator::new(cfg(1)).take(5_000);
-        assert!(events.windows(2).all(|w| w[0].occurred_at <= w[1].occurred_at));
-        let types: std::collections::BTreeSet<&str> = events.iter().filter_map(|e| e.json["type"].as_str()).collect();
+        assert!(
+            events
+                .windows(2)
+                .all(|w| w[0].occurred_at <= w[1].occurred_at)
+        );
+        let types: std::collections::BTreeSet<&str> = events
+            .iter()
+            .filter_map(|e| e.json["type"].as_str())
+            .collect();
         for ty in ["pos_heartbeat", "sensor_reading", "sale", "stock_snapshot"] {
             assert!(types.contains(ty), "missing {ty} in {types:?}");
         }
         let invalid = events.iter().filter(|e| e.invalid_field.is_some()).count();
-        assert!((100..=400).contains(&invalid), "about 5% invalid, got {invalid}");
+        assert!(
+            (100..=400).contains(&invalid),
+            "about 5% invalid, got {invalid}"
+        );
     }
 }

@@ -102,9 +102,19 @@ pub async fn run_with_listener(
     info!(?applied, "read store schema is current");
 
     let codec = AvroCodec::new();
-    let producer = EventProducer::new(&config.kafka, "storepulse-compactor", codec.clone(), metrics.clone())?;
+    let producer = EventProducer::new(
+        &config.kafka,
+        "storepulse-compactor",
+        codec.clone(),
+        metrics.clone(),
+    )?;
     let dead_letters = DeadLetters::new(producer.clone(), "compactor");
-    let writer = ReadStoreWriter::new(pool.clone(), codec, config.compactor.group_id.clone(), &registry)?;
+    let writer = ReadStoreWriter::new(
+        pool.clone(),
+        codec,
+        config.compactor.group_id.clone(),
+        &registry,
+    )?;
     let settings = ConsumerSettings {
         group_id: config.compactor.group_id.clone(),
         topics: INPUT_TOPICS.iter().map(|t| t.to_string()).collect(),

@@ -17,8 +17,8 @@ use storepulse_runtime::avro::AvroCodec;
 use storepulse_runtime::consumer::{Batch, BatchProcessor, ConsumedRecord};
 use storepulse_runtime::dead_letter::Rejection;
 use storepulse_runtime::records::{
-    Envelope, InventoryChange, InventoryChangeKind, PosHeartbeat, Record, RejectedRecord,
-    SaleKind, SaleTransaction, SensorReading, from_micros, topic,
+    Envelope, InventoryChange, InventoryChangeKind, PosHeartbeat, Record, RejectedRecord, SaleKind,
+    SaleTransaction, SensorReading, from_micros, topic,
 };
 use uuid::Uuid;
 
@@ -88,18 +88,35 @@ pub struct ReadStoreWriter {
 }
 
 impl ReadStoreWriter {
-    pub fn new(pool: Pool, codec: AvroCodec, group_id: String, registry: &Registry) -> Result<Self, prometheus::Error> {
+    pub fn new(
+        pool: Pool,
+        codec: AvroCodec,
+        group_id: String,
+        registry: &Registry,
+    ) -> Result<Self, prometheus::Error> {
         let rows_written = IntCounterVec::new(
-            Opts::new("compactor_rows_written_total", "Rows inserted into the read store"),
+            Opts::new(
+                "compactor_rows_written_total",
+                "Rows inserted into the read store",
+            ),
             &["table"],
         )?;
         let skipped = IntCounterVec::new(
-            Opts::new("compactor_records_skipped_total", "Records not written because they were already applied"),
+            Opts::new(
+                "compactor_records_skipped_total",
+                "Records not written because they were already applied",
+            ),
             &["reason"],
         )?;
         registry.register(Box::new(rows_written.clone()))?;
         registry.register(Box::new(skipped.clone()))?;
-        Ok(Self { pool, codec, group_id, rows_written, skipped })
+        Ok(Self {
+            pool,
+            codec,
+            group_id,
+            rows_written,
+            skipped,
+        })
     }
 }
 
@@ -128,7 +145,11 @@ impl BatchProcessor for ReadStoreWriter {
             topic::DEVICE => RawEvent::Heartbeat(decode_as(c, rec)?),
             topic::SENSOR_READINGS => RawEvent::Sensor(decode_as(c, rec)?),
             topic::REJECTED => RawEvent::Rejected(decode_as(c, rec)?),
-            other => return Err(Rejection::whole(format!("compactor does not read topic {other}"))),
+            other => {
+                return Err(Rejection::whole(format!(
+                    "compactor does not read topic {other}"
+                )));
+            }
         })
     }
 
@@ -137,19 +158,31 @@ impl BatchProcessor for ReadStoreWriter {
         let tx = client.transaction().await?;
 
         let mut stored: BTreeMap<(&str, i32), i64> = BTreeMap::new();
-        let lock = tx.prepare_cached(include_str!("../sql/lock_offset.sql")).await?;
+        let lock = tx
+            .prepare_cached(include_str!("../sql/lock_offset.sql"))
+            .await?;
         for (topic, partition) in batch.next_offsets.keys() {
-            let row = tx.query_opt(&lock, &[&self.group_id, topic, partition]).await?;
+            let row = tx
+                .query_opt(&lock, &[&self.group_id, topic, partition])
+                .await?;
             stored.insert((topic.as_str(), *partition), row.map_or(0, |r| r.get(0)));
         }
 
         let mut sales = EnvelopeColumns::default();
-        let (mut s_kind, mut s_txn, mut s_term, mut s_cur, mut s_total, mut s_orig) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut s_kind, mut s_txn, mut s_term, mut s_cur, mut s_total, mut s_orig) = (
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+        );
         let mut lines = EnvelopeColumns::default();
-        let (mut l_no, mut l_sku, mut l_qty, mut l_price) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut l_no, mut l_sku, mut l_qty, mut l_price) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut inv = EnvelopeColumns::default();
-        let (mut i_kind, mut i_sku, mut i_qty, mut i_reason) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut i_kind, mut i_sku, mut i_qty, mut i_reason) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut hb = EnvelopeColumns::default();
         let (mut h_term, mut h_up, mut h_printer, mut h_net, mut h_ver) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -157,12 +190,24 @@ impl BatchProcessor for ReadStoreWriter {
         let (mut r_dev, mut r_kind, mut r_val, mut r_unit, mut r_app) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut rj = EnvelopeColumns::default();
-        let (mut j_reason, mut j_field, mut j_orig, mut j_oid, mut j_topic, mut j_part, mut j_off) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut j_reason, mut j_field, mut j_orig, mut j_oid, mut j_topic, mut j_part, mut j_off) = (
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+        );
 
         let mut already = 0u64;
         for p in &batch.items {
-            if p.offset < stored.get(&(p.topic.as_str(), p.partition)).copied().unwrap_or(0) {
+            if p.offset
+                < stored
+                    .get(&(p.topic.as_str(), p.partition))
+                    .copied()
+                    .unwrap_or(0)
+            {
                 already += 1;
                 continue;
             }
@@ -232,67 +277,148 @@ impl BatchProcessor for ReadStoreWriter {
             let n = tx
                 .execute(
                     include_str!("../sql/insert_sales.sql"),
-                    &[&sales.event_id, &sales.tenant_id, &sales.store_id, &sales.occurred_at, &sales.received_at,
-                      &sales.source, &s_kind, &s_txn, &s_term, &s_cur, &s_total, &s_orig],
+                    &[
+                        &sales.event_id,
+                        &sales.tenant_id,
+                        &sales.store_id,
+                        &sales.occurred_at,
+                        &sales.received_at,
+                        &sales.source,
+                        &s_kind,
+                        &s_txn,
+                        &s_term,
+                        &s_cur,
+                        &s_total,
+                        &s_orig,
+                    ],
                 )
                 .await?;
             self.rows_written.with_label_values(&["sales"]).inc_by(n);
             let n = tx
                 .execute(
                     include_str!("../sql/insert_sale_lines.sql"),
-                    &[&lines.event_id, &l_no, &lines.tenant_id, &lines.store_id, &lines.occurred_at, &l_sku, &l_qty, &l_price],
+                    &[
+                        &lines.event_id,
+                        &l_no,
+                        &lines.tenant_id,
+                        &lines.store_id,
+                        &lines.occurred_at,
+                        &l_sku,
+                        &l_qty,
+                        &l_price,
+                    ],
                 )
                 .await?;
-            self.rows_written.with_label_values(&["sale_lines"]).inc_by(n);
+            self.rows_written
+                .with_label_values(&["sale_lines"])
+                .inc_by(n);
         }
         if inv.len() > 0 {
             let n = tx
                 .execute(
                     include_str!("../sql/insert_inventory.sql"),
-                    &[&inv.event_id, &inv.tenant_id, &inv.store_id, &inv.occurred_at, &inv.received_at,
-                      &inv.source, &i_kind, &i_sku, &i_qty, &i_reason],
+                    &[
+                        &inv.event_id,
+                        &inv.tenant_id,
+                        &inv.store_id,
+                        &inv.occurred_at,
+                        &inv.received_at,
+                        &inv.source,
+                        &i_kind,
+                        &i_sku,
+                        &i_qty,
+                        &i_reason,
+                    ],
                 )
                 .await?;
-            self.rows_written.with_label_values(&["inventory_changes"]).inc_by(n);
+            self.rows_written
+                .with_label_values(&["inventory_changes"])
+                .inc_by(n);
         }
         if hb.len() > 0 {
             let n = tx
                 .execute(
                     include_str!("../sql/insert_heartbeats.sql"),
-                    &[&hb.event_id, &hb.tenant_id, &hb.store_id, &hb.occurred_at, &hb.received_at,
-                      &hb.source, &h_term, &h_up, &h_printer, &h_net, &h_ver],
+                    &[
+                        &hb.event_id,
+                        &hb.tenant_id,
+                        &hb.store_id,
+                        &hb.occurred_at,
+                        &hb.received_at,
+                        &hb.source,
+                        &h_term,
+                        &h_up,
+                        &h_printer,
+                        &h_net,
+                        &h_ver,
+                    ],
                 )
                 .await?;
-            self.rows_written.with_label_values(&["pos_heartbeats"]).inc_by(n);
+            self.rows_written
+                .with_label_values(&["pos_heartbeats"])
+                .inc_by(n);
         }
         if sr.len() > 0 {
             let n = tx
                 .execute(
                     include_str!("../sql/insert_sensor_readings.sql"),
-                    &[&sr.event_id, &sr.tenant_id, &sr.store_id, &sr.occurred_at, &sr.received_at,
-                      &sr.source, &r_dev, &r_kind, &r_val, &r_unit, &r_app],
+                    &[
+                        &sr.event_id,
+                        &sr.tenant_id,
+                        &sr.store_id,
+                        &sr.occurred_at,
+                        &sr.received_at,
+                        &sr.source,
+                        &r_dev,
+                        &r_kind,
+                        &r_val,
+                        &r_unit,
+                        &r_app,
+                    ],
                 )
                 .await?;
-            self.rows_written.with_label_values(&["sensor_readings"]).inc_by(n);
+            self.rows_written
+                .with_label_values(&["sensor_readings"])
+                .inc_by(n);
         }
         if rj.len() > 0 {
             let n = tx
                 .execute(
                     include_str!("../sql/insert_rejected.sql"),
-                    &[&rj.event_id, &rj.tenant_id, &rj.store_id, &rj.occurred_at, &rj.received_at,
-                      &rj.source, &j_reason, &j_field, &j_orig, &j_oid, &j_topic, &j_part, &j_off],
+                    &[
+                        &rj.event_id,
+                        &rj.tenant_id,
+                        &rj.store_id,
+                        &rj.occurred_at,
+                        &rj.received_at,
+                        &rj.source,
+                        &j_reason,
+                        &j_field,
+                        &j_orig,
+                        &j_oid,
+                        &j_topic,
+                        &j_part,
+                        &j_off,
+                    ],
                 )
                 .await?;
-            self.rows_written.with_label_values(&["rejected_events"]).inc_by(n);
+            self.rows_written
+                .with_label_values(&["rejected_events"])
+                .inc_by(n);
         }
 
-        let store = tx.prepare_cached(include_str!("../sql/store_offset.sql")).await?;
+        let store = tx
+            .prepare_cached(include_str!("../sql/store_offset.sql"))
+            .await?;
         for ((topic, partition), next) in &batch.next_offsets {
-            tx.execute(&store, &[&self.group_id, topic, partition, next]).await?;
+            tx.execute(&store, &[&self.group_id, topic, partition, next])
+                .await?;
         }
         tx.commit().await?;
         if already > 0 {
-            self.skipped.with_label_values(&["offset_already_applied"]).inc_by(already);
+            self.skipped
+                .with_label_values(&["offset_already_applied"])
+                .inc_by(already);
         }
         Ok(())
     }
@@ -305,7 +431,10 @@ impl BatchProcessor for ReadStoreWriter {
                 None => true,
                 Some(code) => {
                     let c = code.code();
-                    c.starts_with("08") || c.starts_with("40") || c.starts_with("53") || c.starts_with("57P")
+                    c.starts_with("08")
+                        || c.starts_with("40")
+                        || c.starts_with("53")
+                        || c.starts_with("57P")
                 }
             },
         }

@@ -61,7 +61,10 @@ impl IngestMetrics {
                 &["type", "outcome"],
             )?,
             requests: IntCounterVec::new(
-                Opts::new("ingest_requests_total", "Requests to POST /v1/events by status"),
+                Opts::new(
+                    "ingest_requests_total",
+                    "Requests to POST /v1/events by status",
+                ),
                 &["status"],
             )?,
             latency: Histogram::with_opts(HistogramOpts::new(
@@ -94,7 +97,14 @@ struct ErrorBody {
 }
 
 fn error(status: StatusCode, error: &'static str, message: impl Into<String>) -> Response {
-    (status, Json(ErrorBody { error, message: message.into() })).into_response()
+    (
+        status,
+        Json(ErrorBody {
+            error,
+            message: message.into(),
+        }),
+    )
+        .into_response()
 }
 
 fn retry_after(mut resp: Response, secs: u64) -> Response {
@@ -125,10 +135,17 @@ struct BatchAnswer {
 }
 
 /// Handler of `POST /v1/events`.
-pub async fn post_events(State(api): State<Arc<IngestApi>>, headers: HeaderMap, body: Body) -> Response {
+pub async fn post_events(
+    State(api): State<Arc<IngestApi>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let started = Instant::now();
     let resp = handle(&api, &headers, body).await;
-    api.metrics.requests.with_label_values(&[resp.status().as_str()]).inc();
+    api.metrics
+        .requests
+        .with_label_values(&[resp.status().as_str()])
+        .inc();
     api.metrics.latency.observe(started.elapsed().as_secs_f64());
     resp
 }
@@ -140,15 +157,29 @@ async fn handle(api: &IngestApi, headers: &HeaderMap, body: Body) -> Response {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
     else {
-        return error(StatusCode::UNAUTHORIZED, "unauthorized", "missing `Authorization: Bearer <api key>` header");
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing `Authorization: Bearer <api key>` header",
+        );
     };
     let (who, key_id) = match api.keys.authenticate(token.trim()).await {
         Ok(Authn::Store(who, key_id)) => (who, key_id),
-        Ok(Authn::Unknown) => return error(StatusCode::UNAUTHORIZED, "unauthorized", "unknown or revoked API key"),
+        Ok(Authn::Unknown) => {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "unknown or revoked API key",
+            );
+        }
         Err(e) => {
             warn!(error = %e, "key store unavailable");
             return retry_after(
-                error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "key store unavailable; retry later"),
+                error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "key store unavailable; retry later",
+                ),
                 s.retry_after_secs,
             );
         }
@@ -160,7 +191,10 @@ async fn handle(api: &IngestApi, headers: &HeaderMap, body: Body) -> Response {
             return error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
-                format!("body exceeds {} bytes; send smaller batches", s.max_body_bytes),
+                format!(
+                    "body exceeds {} bytes; send smaller batches",
+                    s.max_body_bytes
+                ),
             );
         }
     };
@@ -175,13 +209,21 @@ async fn handle(api: &IngestApi, headers: &HeaderMap, body: Body) -> Response {
         }
     };
     if raw.is_empty() {
-        return error(StatusCode::BAD_REQUEST, "empty_batch", "the batch has no events");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "empty_batch",
+            "the batch has no events",
+        );
     }
     if raw.len() > s.max_batch_events {
         return error(
             StatusCode::PAYLOAD_TOO_LARGE,
             "batch_too_large",
-            format!("{} events in one batch; at most {} allowed", raw.len(), s.max_batch_events),
+            format!(
+                "{} events in one batch; at most {} allowed",
+                raw.len(),
+                s.max_batch_events
+            ),
         );
     }
     if let Err(wait) = api.limiter.check(&key_id, raw.len()) {
@@ -189,7 +231,10 @@ async fn handle(api: &IngestApi, headers: &HeaderMap, body: Body) -> Response {
             error(
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limited",
-                format!("rate limit of {} events/s for this key exceeded", s.rate_limit_events_per_sec),
+                format!(
+                    "rate limit of {} events/s for this key exceeded",
+                    s.rate_limit_events_per_sec
+                ),
             ),
             wait.as_secs_f64().ceil() as u64,
         );
@@ -204,7 +249,11 @@ async fn handle(api: &IngestApi, headers: &HeaderMap, body: Body) -> Response {
         let value: serde_json::Value = match serde_json::from_str(r.get()) {
             Ok(v) => v,
             Err(e) => {
-                return error(StatusCode::BAD_REQUEST, "malformed_json", format!("event {index}: {e}"));
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "malformed_json",
+                    format!("event {index}: {e}"),
+                );
             }
         };
         match check_event(&value, &who, now, policy) {
@@ -227,7 +276,10 @@ async fn handle(api: &IngestApi, headers: &HeaderMap, body: Body) -> Response {
     let sends = checked.iter().zip(&raw).map(|(c, r)| async move {
         match c {
             Checked::Valid(ev) => publish(&api.producer, ev).await,
-            Checked::Invalid { event_id, rejection } => api
+            Checked::Invalid {
+                event_id,
+                rejection,
+            } => api
                 .dead_letters
                 .publish(
                     RejectedFrom::Api {
@@ -254,7 +306,9 @@ async fn handle(api: &IngestApi, headers: &HeaderMap, body: Body) -> Response {
         let resp = error(
             status,
             code,
-            format!("the broker did not acknowledge the batch ({e}); retry the whole batch, event ids make retries safe"),
+            format!(
+                "the broker did not acknowledge the batch ({e}); retry the whole batch, event ids make retries safe"
+            ),
         );
         return retry_after(resp, s.retry_after_secs);
     }
@@ -265,7 +319,10 @@ async fn handle(api: &IngestApi, headers: &HeaderMap, body: Body) -> Response {
         match c {
             Checked::Valid(ev) => {
                 accepted += 1;
-                api.metrics.events.with_label_values(&[ev.kind_label(), "accepted"]).inc();
+                api.metrics
+                    .events
+                    .with_label_values(&[ev.kind_label(), "accepted"])
+                    .inc();
                 results.push(EventResult {
                     index,
                     event_id: Some(ev.event_id().to_string()),
@@ -274,9 +331,15 @@ async fn handle(api: &IngestApi, headers: &HeaderMap, body: Body) -> Response {
                     reason: None,
                 });
             }
-            Checked::Invalid { event_id, rejection: Rejection { field, reason } } => {
+            Checked::Invalid {
+                event_id,
+                rejection: Rejection { field, reason },
+            } => {
                 rejected += 1;
-                api.metrics.events.with_label_values(&["invalid", "rejected"]).inc();
+                api.metrics
+                    .events
+                    .with_label_values(&["invalid", "rejected"])
+                    .inc();
                 results.push(EventResult {
                     index,
                     event_id,
@@ -296,7 +359,15 @@ async fn handle(api: &IngestApi, headers: &HeaderMap, body: Body) -> Response {
     if rejected > 0 {
         info!(store = %who.store_id, accepted, rejected, "batch with rejections");
     }
-    (status, Json(BatchAnswer { accepted, rejected, results })).into_response()
+    (
+        status,
+        Json(BatchAnswer {
+            accepted,
+            rejected,
+            results,
+        }),
+    )
+        .into_response()
 }
 
 async fn publish(producer: &EventProducer, ev: &ValidEvent) -> Result<(), ProduceError> {

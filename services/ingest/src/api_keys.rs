@@ -56,7 +56,8 @@ fn hash(secret: &str) -> Vec<u8> {
 fn check_id(what: &'static str, v: &str) -> Result<(), KeyError> {
     let ok = !v.is_empty()
         && v.len() <= 128
-        && v.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c));
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c));
     if ok {
         Ok(())
     } else {
@@ -75,7 +76,12 @@ fn parse_token(token: &str) -> Option<(&str, &str)> {
 }
 
 /// Creates a key for a store.
-pub async fn create(pool: &Pool, tenant_id: &str, store_id: &str, label: &str) -> Result<CreatedKey, KeyError> {
+pub async fn create(
+    pool: &Pool,
+    tenant_id: &str,
+    store_id: &str,
+    label: &str,
+) -> Result<CreatedKey, KeyError> {
     check_id("tenant id", tenant_id)?;
     check_id("store id", store_id)?;
     let mut rng = rand::rng();
@@ -179,7 +185,10 @@ impl KeyStore {
         };
         let cached = {
             let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-            cache.get(key_id).filter(|c| c.fetched.elapsed() < self.ttl).cloned()
+            cache
+                .get(key_id)
+                .filter(|c| c.fetched.elapsed() < self.ttl)
+                .cloned()
         };
         let cached = match cached {
             Some(c) => c,
@@ -212,7 +221,9 @@ impl KeyStore {
             }
         };
         match cached.entry {
-            Some((stored, who)) if constant_time_eq(&stored, &hash(secret)) => Ok(Authn::Store(who, key_id.to_string())),
+            Some((stored, who)) if constant_time_eq(&stored, &hash(secret)) => {
+                Ok(Authn::Store(who, key_id.to_string()))
+            }
             _ => Ok(Authn::Unknown),
         }
     }

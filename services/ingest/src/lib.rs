@@ -78,7 +78,7 @@ impl Validate for IngestSettings {
         if self.max_batch_events == 0 {
             return Err(invalid(s, "max_batch_events", "must be >= 1"));
         }
-        if !(self.rate_limit_events_per_sec > 0.0) {
+        if self.rate_limit_events_per_sec.is_nan() || self.rate_limit_events_per_sec <= 0.0 {
             return Err(invalid(s, "rate_limit_events_per_sec", "must be > 0"));
         }
         if self.rate_limit_burst < 1.0 {
@@ -124,7 +124,12 @@ pub async fn run_with_listener(
     let runtime_metrics = RuntimeMetrics::register(&registry)?;
     let pool = db::pool(&config.postgres)?;
     db::migrate(&pool).await?;
-    let producer = EventProducer::new(&config.kafka, "storepulse-ingest", AvroCodec::new(), runtime_metrics)?;
+    let producer = EventProducer::new(
+        &config.kafka,
+        "storepulse-ingest",
+        AvroCodec::new(),
+        runtime_metrics,
+    )?;
     let s = &config.ingest;
     let api = Arc::new(IngestApi {
         settings: s.clone(),
@@ -145,7 +150,9 @@ pub async fn run_with_listener(
     info!(addr = %listener.local_addr()?, "ingest listening");
     let mut tasks = ServiceTasks::new(&shutdown);
     tasks.spawn("http", ops_http::serve(listener, router, tasks.token()));
-    tasks.join(Duration::from_millis(s.shutdown_grace_ms)).await?;
+    tasks
+        .join(Duration::from_millis(s.shutdown_grace_ms))
+        .await?;
     producer.flush(Duration::from_secs(5))?;
     info!("ingest stopped");
     Ok(())

@@ -163,7 +163,9 @@ impl<'a> Fields<'a> {
         match self.present(key) {
             None => Err(self.err(key, "is required")),
             Some(Value::Bool(b)) => Ok(*b),
-            Some(other) => Err(self.err(key, format!("must be true or false, got {}", kind(other)))),
+            Some(other) => {
+                Err(self.err(key, format!("must be true or false, got {}", kind(other))))
+            }
         }
     }
 
@@ -175,7 +177,10 @@ impl<'a> Fields<'a> {
             .map(|(_, v)| *v)
             .ok_or_else(|| {
                 let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
-                self.err(key, format!("unknown value {s:?}; expected one of {}", names.join(", ")))
+                self.err(
+                    key,
+                    format!("unknown value {s:?}; expected one of {}", names.join(", ")),
+                )
             })
     }
 
@@ -201,15 +206,26 @@ fn kind(v: &Value) -> &'static str {
 const ENVELOPE_FIELDS: [&str; 5] = ["type", "event_id", "tenant_id", "store_id", "occurred_at"];
 
 /// Checks one posted event on behalf of `who`, received at `now`.
-pub fn check_event(raw: &Value, who: &StoreIdentity, now: DateTime<Utc>, policy: ValidationPolicy) -> Checked {
+pub fn check_event(
+    raw: &Value,
+    who: &StoreIdentity,
+    now: DateTime<Utc>,
+    policy: ValidationPolicy,
+) -> Checked {
     let Value::Object(map) = raw else {
         return Checked::Invalid {
             event_id: None,
             rejection: Rejection::whole(format!("event must be a JSON object, got {}", kind(raw))),
         };
     };
-    let f = Fields { map, path: String::new() };
-    let claimed_id = map.get("event_id").and_then(Value::as_str).map(str::to_string);
+    let f = Fields {
+        map,
+        path: String::new(),
+    };
+    let claimed_id = map
+        .get("event_id")
+        .and_then(Value::as_str)
+        .map(str::to_string);
     let invalid = |rejection| Checked::Invalid {
         event_id: claimed_id.clone(),
         rejection,
@@ -219,12 +235,18 @@ pub fn check_event(raw: &Value, who: &StoreIdentity, now: DateTime<Utc>, policy:
     if let Some(Value::String(t)) = map.get("tenant_id")
         && t.trim() != who.tenant_id
     {
-        return Checked::Forbidden(ForeignStore { field: "tenant_id", value: t.clone() });
+        return Checked::Forbidden(ForeignStore {
+            field: "tenant_id",
+            value: t.clone(),
+        });
     }
     if let Some(Value::String(s)) = map.get("store_id")
         && s.trim() != who.store_id
     {
-        return Checked::Forbidden(ForeignStore { field: "store_id", value: s.clone() });
+        return Checked::Forbidden(ForeignStore {
+            field: "store_id",
+            value: s.clone(),
+        });
     }
 
     match build(&f, who, now, policy) {
@@ -233,7 +255,12 @@ pub fn check_event(raw: &Value, who: &StoreIdentity, now: DateTime<Utc>, policy:
     }
 }
 
-fn build(f: &Fields<'_>, who: &StoreIdentity, now: DateTime<Utc>, policy: ValidationPolicy) -> Result<ValidEvent, Rejection> {
+fn build(
+    f: &Fields<'_>,
+    who: &StoreIdentity,
+    now: DateTime<Utc>,
+    policy: ValidationPolicy,
+) -> Result<ValidEvent, Rejection> {
     let ty = f.text("type")?;
     let event_id = f.text("event_id")?;
     let event_id = Uuid::parse_str(&event_id)
@@ -243,10 +270,21 @@ fn build(f: &Fields<'_>, who: &StoreIdentity, now: DateTime<Utc>, policy: Valida
     f.text("store_id")?;
     let occurred = f.text("occurred_at")?;
     let occurred = DateTime::parse_from_rfc3339(&occurred)
-        .map_err(|e| f.err("occurred_at", format!("must be an RFC 3339 timestamp with offset: {e}")))?
+        .map_err(|e| {
+            f.err(
+                "occurred_at",
+                format!("must be an RFC 3339 timestamp with offset: {e}"),
+            )
+        })?
         .with_timezone(&Utc);
     if occurred > now + policy.max_future_skew {
-        return Err(f.err("occurred_at", format!("is in the future (beyond {}s of clock skew)", policy.max_future_skew.num_seconds())));
+        return Err(f.err(
+            "occurred_at",
+            format!(
+                "is in the future (beyond {}s of clock skew)",
+                policy.max_future_skew.num_seconds()
+            ),
+        ));
     }
     let envelope = Envelope {
         event_id,
@@ -263,7 +301,13 @@ fn build(f: &Fields<'_>, who: &StoreIdentity, now: DateTime<Utc>, policy: Valida
 
     Ok(match ty.as_str() {
         "sale" | "refund" | "void" => {
-            allow(&["transaction_id", "terminal_id", "currency", "lines", "original_transaction_id"])?;
+            allow(&[
+                "transaction_id",
+                "terminal_id",
+                "currency",
+                "lines",
+                "original_transaction_id",
+            ])?;
             let kind = match ty.as_str() {
                 "sale" => SaleKind::Sale,
                 "refund" => SaleKind::Refund,
@@ -275,10 +319,16 @@ fn build(f: &Fields<'_>, who: &StoreIdentity, now: DateTime<Utc>, policy: Valida
             }
             let lines = match f.present("lines") {
                 None => return Err(f.err("lines", "is required")),
-                Some(Value::Array(a)) if a.is_empty() => return Err(f.err("lines", "must have at least one line")),
-                Some(Value::Array(a)) if a.len() > MAX_LINES => return Err(f.err("lines", format!("more than {MAX_LINES} lines"))),
+                Some(Value::Array(a)) if a.is_empty() => {
+                    return Err(f.err("lines", "must have at least one line"));
+                }
+                Some(Value::Array(a)) if a.len() > MAX_LINES => {
+                    return Err(f.err("lines", format!("more than {MAX_LINES} lines")));
+                }
                 Some(Value::Array(a)) => a,
-                Some(other) => return Err(f.err("lines", format!("must be an array, got {}", kind_of(other)))),
+                Some(other) => {
+                    return Err(f.err("lines", format!("must be an array, got {}", kind_of(other))));
+                }
             };
             let mut items = Vec::with_capacity(lines.len());
             let mut total = 0f64;
@@ -292,18 +342,28 @@ fn build(f: &Fields<'_>, who: &StoreIdentity, now: DateTime<Utc>, policy: Valida
                 let sku = lf.text("sku")?;
                 let quantity = lf.number("quantity")?;
                 if quantity <= 0.0 {
-                    return Err(lf.err("quantity", "must be > 0 (refunds and voids carry positive quantities)"));
+                    return Err(lf.err(
+                        "quantity",
+                        "must be > 0 (refunds and voids carry positive quantities)",
+                    ));
                 }
                 let unit_price_minor = lf.integer("unit_price_minor")?;
                 if unit_price_minor < 0 {
                     return Err(lf.err("unit_price_minor", "must be >= 0"));
                 }
                 total += quantity * unit_price_minor as f64;
-                items.push(LineItem { sku, quantity, unit_price_minor });
+                items.push(LineItem {
+                    sku,
+                    quantity,
+                    unit_price_minor,
+                });
             }
             let original_transaction_id = f.opt_text("original_transaction_id")?;
             if kind == SaleKind::Sale && original_transaction_id.is_some() {
-                return Err(f.err("original_transaction_id", "only refunds and voids reverse a transaction"));
+                return Err(f.err(
+                    "original_transaction_id",
+                    "only refunds and voids reverse a transaction",
+                ));
             }
             ValidEvent::Sale(SaleTransaction {
                 envelope,
@@ -334,7 +394,10 @@ fn build(f: &Fields<'_>, who: &StoreIdentity, now: DateTime<Utc>, policy: Valida
             allow(&["sku", "quantity", "reason"])?;
             let quantity = f.number("quantity")?;
             if quantity == 0.0 {
-                return Err(f.err("quantity", "an adjustment must change the stock (non-zero delta)"));
+                return Err(f.err(
+                    "quantity",
+                    "an adjustment must change the stock (non-zero delta)",
+                ));
             }
             let reason = f.choice(
                 "reason",
@@ -355,7 +418,13 @@ fn build(f: &Fields<'_>, who: &StoreIdentity, now: DateTime<Utc>, policy: Valida
             })
         }
         "pos_heartbeat" => {
-            allow(&["terminal_id", "app_up", "printer", "network", "software_version"])?;
+            allow(&[
+                "terminal_id",
+                "app_up",
+                "printer",
+                "network",
+                "software_version",
+            ])?;
             ValidEvent::Heartbeat(PosHeartbeat {
                 envelope,
                 terminal_id: f.text("terminal_id")?,
@@ -403,7 +472,10 @@ fn build(f: &Fields<'_>, who: &StoreIdentity, now: DateTime<Utc>, policy: Valida
                 Some(_) => f.choice("unit", &units)?,
             };
             if unit != kind.unit() {
-                return Err(f.err("unit", format!("does not match kind {:?}; expected {:?}", kind, kind.unit())));
+                return Err(f.err(
+                    "unit",
+                    format!("does not match kind {:?}; expected {:?}", kind, kind.unit()),
+                ));
             }
             let value = f.number("value")?;
             let in_range = match kind {
@@ -448,10 +520,15 @@ mod tests {
     use serde_json::json;
 
     fn who() -> StoreIdentity {
-        StoreIdentity { tenant_id: "acme".into(), store_id: "s-1".into() }
+        StoreIdentity {
+            tenant_id: "acme".into(),
+            store_id: "s-1".into(),
+        }
     }
     fn policy() -> ValidationPolicy {
-        ValidationPolicy { max_future_skew: Duration::minutes(5) }
+        ValidationPolicy {
+            max_future_skew: Duration::minutes(5),
+        }
     }
     fn check(v: Value) -> Checked {
         check_event(&v, &who(), Utc::now(), policy())
@@ -507,9 +584,21 @@ mod tests {
     fn another_store_is_forbidden() {
         let mut v = sale();
         v["store_id"] = json!("s-2");
-        assert!(matches!(check(v), Checked::Forbidden(ForeignStore { field: "store_id", .. })));
+        assert!(matches!(
+            check(v),
+            Checked::Forbidden(ForeignStore {
+                field: "store_id",
+                ..
+            })
+        ));
         let mut v = sale();
         v["tenant_id"] = json!("other");
-        assert!(matches!(check(v), Checked::Forbidden(ForeignStore { field: "tenant_id", .. })));
+        assert!(matches!(
+            check(v),
+            Checked::Forbidden(ForeignStore {
+                field: "tenant_id",
+                ..
+            })
+        ));
     }
 }

@@ -26,7 +26,11 @@ pub async fn run(config: ShellConfig, shutdown: CancellationToken) -> anyhow::Re
 }
 
 /// Like [`run`], on a listener the caller bound.
-pub async fn run_with_listener(config: ShellConfig, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run_with_listener(
+    config: ShellConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     run_shell(SERVICE, &config, listener, shutdown).await?;
     Ok(())
 }

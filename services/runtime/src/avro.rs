@@ -187,7 +187,10 @@ mod tests {
         };
         let bytes = codec.encode(&sale).expect("encode");
         assert_eq!(bytes[..2], SINGLE_OBJECT_MAGIC);
-        assert_eq!(codec.decode::<SaleTransaction>(&bytes).expect("decode"), sale);
+        assert_eq!(
+            codec.decode::<SaleTransaction>(&bytes).expect("decode"),
+            sale
+        );
 
         let inv = InventoryChange {
             envelope: envelope(),
@@ -197,7 +200,10 @@ mod tests {
             reason: Some(AdjustmentReason::Shrink),
         };
         let bytes = codec.encode(&inv).expect("encode");
-        assert_eq!(codec.decode::<InventoryChange>(&bytes).expect("decode"), inv);
+        assert_eq!(
+            codec.decode::<InventoryChange>(&bytes).expect("decode"),
+            inv
+        );
 
         let rejected = RejectedRecord {
             envelope: envelope(),
@@ -210,7 +216,10 @@ mod tests {
             source_offset: Some(42),
         };
         let bytes = codec.encode(&rejected).expect("encode");
-        assert_eq!(codec.decode::<RejectedRecord>(&bytes).expect("decode"), rejected);
+        assert_eq!(
+            codec.decode::<RejectedRecord>(&bytes).expect("decode"),
+            rejected
+        );
 
         let mut labels = HashMap::new();
         labels.insert("appliance".to_string(), "freezer".to_string());
@@ -227,7 +236,10 @@ mod tests {
             labels,
         };
         let bytes = codec.encode(&alert).expect("encode");
-        assert_eq!(codec.decode::<AlertTransition>(&bytes).expect("decode"), alert);
+        assert_eq!(
+            codec.decode::<AlertTransition>(&bytes).expect("decode"),
+            alert
+        );
     }
 
     /// Version 0 of sensor readings had no `appliance` field. A payload written with it
@@ -266,11 +278,15 @@ mod tests {
         let bytes = AvroCodec::encode_with(&v0, &old).expect("encode v0");
 
         let codec = AvroCodec::new();
-        let err = codec.decode::<SensorReading>(&bytes).expect_err("v0 not registered yet");
+        let err = codec
+            .decode::<SensorReading>(&bytes)
+            .expect_err("v0 not registered yet");
         assert!(matches!(err, CodecError::UnknownWriterSchema(_)), "{err}");
 
         codec.register(v0);
-        let read = codec.decode::<SensorReading>(&bytes).expect("resolve v0 -> v1");
+        let read = codec
+            .decode::<SensorReading>(&bytes)
+            .expect("resolve v0 -> v1");
         assert_eq!(read.device_id, "freezer-1");
         assert_eq!(read.value, -18.5);
         assert_eq!(read.appliance, None, "new field takes its default");
@@ -279,7 +295,9 @@ mod tests {
     #[test]
     fn garbage_is_a_clear_error() {
         let codec = AvroCodec::new();
-        let err = codec.decode::<SensorReading>(b"{\"json\":true}").expect_err("not avro");
+        let err = codec
+            .decode::<SensorReading>(b"{\"json\":true}")
+            .expect_err("not avro");
         assert!(matches!(err, CodecError::NotSingleObject { .. }));
         let mut bytes = codec
             .encode(&PosHeartbeat {

@@ -88,8 +88,9 @@ impl ConfigSource {
     }
 
     fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
-        let top: BTreeMap<String, figment::value::Value> =
-            figment.extract().map_err(|e| ConfigError::Parse(Box::new(e)))?;
+        let top: BTreeMap<String, figment::value::Value> = figment
+            .extract()
+            .map_err(|e| ConfigError::Parse(Box::new(e)))?;
         if let Some(unknown) = top.keys().find(|k| !SECTIONS.contains(&k.as_str())) {
             return Err(ConfigError::UnknownSection(unknown.clone()));
         }
@@ -167,7 +168,8 @@ impl KafkaConfig {
 
     /// The base name of a full topic name, if it carries this deployment's prefix.
     pub fn base_topic<'a>(&self, full: &'a str) -> &'a str {
-        full.strip_prefix(self.topic_prefix.as_str()).unwrap_or(full)
+        full.strip_prefix(self.topic_prefix.as_str())
+            .unwrap_or(full)
     }
 }
 
@@ -282,7 +284,11 @@ impl OpsSettings {
 impl Validate for OpsSettings {
     fn validate(&self, s: &str) -> Result<(), ConfigError> {
         if self.http_listen.parse::<std::net::SocketAddr>().is_err() {
-            return Err(invalid(s, "http_listen", format!("{:?} is not an ip:port address", self.http_listen)));
+            return Err(invalid(
+                s,
+                "http_listen",
+                format!("{:?} is not an ip:port address", self.http_listen),
+            ));
         }
         Ok(())
     }
@@ -318,11 +324,15 @@ mod tests {
     #[test]
     fn per_service_defaults_layer_under_the_file() {
         let src = ConfigSource::from_toml("[rules]\nshutdown_grace_ms = 5\n").expect("loads");
-        let ops: OpsSettings = src.section_or("rules", OpsSettings::listening_on("0.0.0.0:9103")).expect("ok");
+        let ops: OpsSettings = src
+            .section_or("rules", OpsSettings::listening_on("0.0.0.0:9103"))
+            .expect("ok");
         assert_eq!(ops.http_listen, "0.0.0.0:9103");
         assert_eq!(ops.shutdown_grace_ms, 5);
         let src = ConfigSource::from_toml("[rules]\nhttp_listen = \"nowhere\"\n").expect("loads");
-        let err = src.section_or("rules", OpsSettings::listening_on("0.0.0.0:9103")).expect_err("bad addr");
+        let err = src
+            .section_or("rules", OpsSettings::listening_on("0.0.0.0:9103"))
+            .expect_err("bad addr");
         assert!(err.to_string().contains("rules.http_listen"), "{err}");
     }
 
@@ -338,14 +348,18 @@ mod tests {
         let err = src.section::<KafkaConfig>("kafka").expect_err("invalid");
         assert!(err.to_string().contains("kafka.partitions"), "{err}");
         let src = ConfigSource::from_toml("[postgres]\nurl = \"nope://\"\n").expect("loads");
-        let err = src.section::<PostgresConfig>("postgres").expect_err("invalid");
+        let err = src
+            .section::<PostgresConfig>("postgres")
+            .expect_err("invalid");
         assert!(err.to_string().contains("postgres.url"), "{err}");
-        let src = ConfigSource::from_toml("[kafka]\nproduce_timeout_ms = \"soon\"\n").expect("loads");
+        let src =
+            ConfigSource::from_toml("[kafka]\nproduce_timeout_ms = \"soon\"\n").expect("loads");
         let err = src.section::<KafkaConfig>("kafka").expect_err("wrong type");
         assert!(err.to_string().contains("produce_timeout_ms"), "{err}");
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure signature, not ours
     fn file_and_environment_layer_over_defaults() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("storepulse.toml");

@@ -14,7 +14,9 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
@@ -65,7 +67,10 @@ pub trait BatchProcessor: Send {
 
     /// Makes the batch's effects durable. Called again with the same batch after a
     /// retryable error, so it must be idempotent.
-    fn apply(&mut self, batch: &Batch<Self::Item>) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    fn apply(
+        &mut self,
+        batch: &Batch<Self::Item>,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
 
     /// Whether an apply error may go away by itself (a dropped connection) rather than
     /// being a bug or misconfiguration that stops the service.
@@ -121,7 +126,10 @@ impl ConsumerContext for RebalanceObserver {
         }
         self.metrics.assigned_partitions.reset();
         for (topic, n) in counts {
-            self.metrics.assigned_partitions.with_label_values(&[&topic]).set(n);
+            self.metrics
+                .assigned_partitions
+                .with_label_values(&[&topic])
+                .set(n);
         }
     }
 }
@@ -138,7 +146,9 @@ pub struct BatchConsumer<P: BatchProcessor> {
 
 impl<P: BatchProcessor> std::fmt::Debug for BatchConsumer<P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BatchConsumer").field("settings", &self.settings).finish()
+        f.debug_struct("BatchConsumer")
+            .field("settings", &self.settings)
+            .finish()
     }
 }
 
@@ -150,18 +160,17 @@ impl<P: BatchProcessor> BatchConsumer<P> {
         dead_letters: DeadLetters,
         metrics: RuntimeMetrics,
     ) -> Result<Self, ConsumerError> {
-        let consumer: StreamConsumer<RebalanceObserver> =
-            client_config(kafka, &settings.group_id)
-                .set("group.id", &settings.group_id)
-                .set("enable.auto.commit", "false")
-                .set("enable.auto.offset.store", "false")
-                .set("auto.offset.reset", "earliest")
-                .set("fetch.wait.max.ms", kafka.fetch_wait_max_ms.to_string())
-                .set("partition.assignment.strategy", "range")
-                .create_with_context(RebalanceObserver {
-                    metrics: metrics.clone(),
-                    prefix: kafka.topic_prefix.clone(),
-                })?;
+        let consumer: StreamConsumer<RebalanceObserver> = client_config(kafka, &settings.group_id)
+            .set("group.id", &settings.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("fetch.wait.max.ms", kafka.fetch_wait_max_ms.to_string())
+            .set("partition.assignment.strategy", "range")
+            .create_with_context(RebalanceObserver {
+                metrics: metrics.clone(),
+                prefix: kafka.topic_prefix.clone(),
+            })?;
         let topics: Vec<String> = settings.topics.iter().map(|t| kafka.topic(t)).collect();
         let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
         consumer.subscribe(&refs)?;
@@ -192,7 +201,10 @@ impl<P: BatchProcessor> BatchConsumer<P> {
 
     /// Waits for a first record (or shutdown), then fills the batch for at most
     /// `batch_max_wait` or `batch_max_records`.
-    async fn next_batch(&self, shutdown: &CancellationToken) -> Result<Vec<ConsumedRecord>, ConsumerError> {
+    async fn next_batch(
+        &self,
+        shutdown: &CancellationToken,
+    ) -> Result<Vec<ConsumedRecord>, ConsumerError> {
         let mut out = Vec::new();
         let mut deadline: Option<tokio::time::Instant> = None;
         while out.len() < self.settings.batch_max_records {
@@ -218,7 +230,9 @@ impl<P: BatchProcessor> BatchConsumer<P> {
                         key: m.key().map(<[u8]>::to_vec),
                         payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
                     });
-                    deadline.get_or_insert_with(|| tokio::time::Instant::now() + self.settings.batch_max_wait);
+                    deadline.get_or_insert_with(|| {
+                        tokio::time::Instant::now() + self.settings.batch_max_wait
+                    });
                 }
                 Err(e) => {
                     warn!(error = %e, "kafka consume error");
@@ -233,7 +247,11 @@ impl<P: BatchProcessor> BatchConsumer<P> {
         Ok(out)
     }
 
-    async fn process(&mut self, records: Vec<ConsumedRecord>, shutdown: &CancellationToken) -> Result<(), ConsumerError> {
+    async fn process(
+        &mut self,
+        records: Vec<ConsumedRecord>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), ConsumerError> {
         let mut batch = Batch {
             items: Vec::with_capacity(records.len()),
             next_offsets: BTreeMap::new(),
@@ -264,7 +282,10 @@ impl<P: BatchProcessor> BatchConsumer<P> {
                             &rejection,
                         )
                         .await?;
-                    self.metrics.dead_lettered.with_label_values(&[&rec.topic]).inc();
+                    self.metrics
+                        .dead_lettered
+                        .with_label_values(&[&rec.topic])
+                        .inc();
                 }
             }
         }
@@ -282,13 +303,19 @@ impl<P: BatchProcessor> BatchConsumer<P> {
                 Err(e) => return Err(ConsumerError::Apply(Box::new(e))),
             }
         }
-        self.metrics.batch_seconds.observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .batch_seconds
+            .observe(started.elapsed().as_secs_f64());
 
         let mut tpl = TopicPartitionList::new();
         for ((topic, partition), next) in &batch.next_offsets {
             tpl.add_partition_offset(&self.kafka.topic(topic), *partition, Offset::Offset(*next))?;
         }
-        let mode = if shutdown.is_cancelled() { CommitMode::Sync } else { CommitMode::Async };
+        let mode = if shutdown.is_cancelled() {
+            CommitMode::Sync
+        } else {
+            CommitMode::Async
+        };
         if let Err(e) = self.consumer.commit(&tpl, mode) {
             // After a rebalance the partition may belong to another member: its new
             // owner resumes from the last commit, and processors dedupe by offset/id.

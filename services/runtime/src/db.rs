@@ -46,7 +46,9 @@ pub enum DbError {
     Pool(#[from] deadpool_postgres::PoolError),
     #[error("postgres pool setup: {0}")]
     Build(String),
-    #[error("migration {version} ({name}) was changed after it was applied (checksum {applied} != {current})")]
+    #[error(
+        "migration {version} ({name}) was changed after it was applied (checksum {applied} != {current})"
+    )]
     MigrationDrift {
         version: i32,
         name: String,
@@ -119,7 +121,10 @@ async fn apply_pending(client: &mut deadpool_postgres::Object) -> Result<Vec<i32
         )
         .await?;
     let rows = client
-        .query("SELECT version, name, checksum FROM schema_migrations ORDER BY version", &[])
+        .query(
+            "SELECT version, name, checksum FROM schema_migrations ORDER BY version",
+            &[],
+        )
         .await?;
     let latest_known = MIGRATIONS.last().map_or(0, |m| m.version);
     for row in &rows {

@@ -88,7 +88,9 @@ pub struct EventProducer {
 
 impl std::fmt::Debug for EventProducer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EventProducer").field("brokers", &self.cfg.brokers).finish()
+        f.debug_struct("EventProducer")
+            .field("brokers", &self.cfg.brokers)
+            .finish()
     }
 }
 
@@ -138,14 +140,20 @@ impl EventProducer {
         let timeout = Duration::from_millis(self.cfg.produce_timeout_ms);
         match self.producer.send(record, timeout).await {
             Ok(d) => {
-                self.metrics.produced.with_label_values(&[topic, "acked"]).inc();
+                self.metrics
+                    .produced
+                    .with_label_values(&[topic, "acked"])
+                    .inc();
                 Ok(Delivery {
                     partition: d.partition,
                     offset: d.offset,
                 })
             }
             Err((e, _)) => {
-                self.metrics.produced.with_label_values(&[topic, "failed"]).inc();
+                self.metrics
+                    .produced
+                    .with_label_values(&[topic, "failed"])
+                    .inc();
                 Err(ProduceError::from_kafka(e))
             }
         }

@@ -22,7 +22,10 @@ impl RuntimeMetrics {
     pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
         let m = Self {
             produced: IntCounterVec::new(
-                Opts::new("produced_records_total", "Records acknowledged or failed by the broker"),
+                Opts::new(
+                    "produced_records_total",
+                    "Records acknowledged or failed by the broker",
+                ),
                 &["topic", "outcome"],
             )?,
             consumed: IntCounterVec::new(
@@ -30,15 +33,26 @@ impl RuntimeMetrics {
                 &["topic"],
             )?,
             dead_lettered: IntCounterVec::new(
-                Opts::new("dead_letter_records_total", "Records sent to the dead-letter topic"),
+                Opts::new(
+                    "dead_letter_records_total",
+                    "Records sent to the dead-letter topic",
+                ),
                 &["topic"],
             )?,
             batch_seconds: Histogram::with_opts(
-                HistogramOpts::new("batch_apply_seconds", "Time to make one consumed batch durable")
-                    .buckets(vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+                HistogramOpts::new(
+                    "batch_apply_seconds",
+                    "Time to make one consumed batch durable",
+                )
+                .buckets(vec![
+                    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                ]),
             )?,
             assigned_partitions: IntGaugeVec::new(
-                Opts::new("assigned_partitions", "Partitions assigned to this consumer"),
+                Opts::new(
+                    "assigned_partitions",
+                    "Partitions assigned to this consumer",
+                ),
                 &["topic"],
             )?,
         };

@@ -33,7 +33,9 @@ pub struct ReadinessCheck {
 
 impl std::fmt::Debug for ReadinessCheck {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReadinessCheck").field("name", &self.name).finish()
+        f.debug_struct("ReadinessCheck")
+            .field("name", &self.name)
+            .finish()
     }
 }
 
@@ -80,7 +82,10 @@ async fn readyz(State(state): State<OpsState>) -> impl IntoResponse {
             }
             Err(_) => {
                 ready = false;
-                body.push_str(&format!("{}: no answer within {CHECK_TIMEOUT:?}\n", check.name));
+                body.push_str(&format!(
+                    "{}: no answer within {CHECK_TIMEOUT:?}\n",
+                    check.name
+                ));
             }
         }
     }
@@ -98,7 +103,11 @@ async fn metrics(State(state): State<OpsState>) -> impl IntoResponse {
     if let Err(e) = encoder.encode(&state.registry.gather(), &mut buf) {
         return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
     }
-    ([(header::CONTENT_TYPE, encoder.format_type().to_string())], buf).into_response()
+    (
+        [(header::CONTENT_TYPE, encoder.format_type().to_string())],
+        buf,
+    )
+        .into_response()
 }
 
 /// Serves `router` on `listener` until `shutdown` is cancelled.

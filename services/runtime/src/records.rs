@@ -34,8 +34,11 @@ macro_rules! record {
             fn schema() -> &'static Schema {
                 static SCHEMA: std::sync::OnceLock<Schema> = std::sync::OnceLock::new();
                 SCHEMA.get_or_init(|| {
-                    Schema::parse_str(Self::SCHEMA_JSON)
-                        .expect(concat!("bundled schema ", $file, " is valid Avro"))
+                    Schema::parse_str(Self::SCHEMA_JSON).expect(concat!(
+                        "bundled schema ",
+                        $file,
+                        " is valid Avro"
+                    ))
                 })
             }
             fn envelope(&self) -> &Envelope {
@@ -345,7 +348,11 @@ pub struct NotificationOutcome {
     pub attempts: i32,
     pub error: Option<String>,
 }
-record!(NotificationOutcome, "notification_outcome.avsc", topic::NOTIFICATIONS);
+record!(
+    NotificationOutcome,
+    "notification_outcome.avsc",
+    topic::NOTIFICATIONS
+);
 
 /// Avro `bytes` (the derive would make a `Vec<u8>` an array of ints).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -393,14 +400,19 @@ mod tests {
             Value::Object(m) if m.len() == 1 && m.get("type").is_some_and(Value::is_string) => {
                 m.get("type").cloned().unwrap_or(Value::Null)
             }
-            Value::Object(m) => Value::Object(m.into_iter().map(|(k, v)| (k, collapse_primitives(v))).collect()),
+            Value::Object(m) => Value::Object(
+                m.into_iter()
+                    .map(|(k, v)| (k, collapse_primitives(v)))
+                    .collect(),
+            ),
             Value::Array(a) => Value::Array(a.into_iter().map(collapse_primitives).collect()),
             other => other,
         }
     }
 
     fn pcf(schema: &Schema) -> String {
-        let v: serde_json::Value = serde_json::from_str(&schema.canonical_form()).expect("canonical form is JSON");
+        let v: serde_json::Value =
+            serde_json::from_str(&schema.canonical_form()).expect("canonical form is JSON");
         collapse_primitives(v).to_string()
     }
 

@@ -24,7 +24,11 @@ pub struct ShellConfig {
 impl ShellConfig {
     /// Reads `kafka`, `log` and the service's own `section`, defaulting its listen
     /// address to `default_listen`.
-    pub fn from_source(src: &ConfigSource, section: &str, default_listen: &str) -> Result<Self, ConfigError> {
+    pub fn from_source(
+        src: &ConfigSource,
+        section: &str,
+        default_listen: &str,
+    ) -> Result<Self, ConfigError> {
         Ok(Self {
             kafka: src.section("kafka")?,
             log: src.section("log")?,
@@ -42,11 +46,16 @@ pub async fn run_shell(
 ) -> Result<(), ServiceError> {
     let registry = telemetry::service_registry(service);
     let router = ops_http::ops_router(registry, vec![kafka::readiness(&config.kafka)]);
-    let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     warn!(service, %addr, "service shell: ops endpoints only, no processing in this release");
     let mut tasks = ServiceTasks::new(&shutdown);
     tasks.spawn("ops-http", ops_http::serve(listener, router, tasks.token()));
-    tasks.join(Duration::from_millis(config.ops.shutdown_grace_ms)).await?;
+    tasks
+        .join(Duration::from_millis(config.ops.shutdown_grace_ms))
+        .await?;
     info!(service, "stopped");
     Ok(())
 }

@@ -66,26 +66,31 @@ impl ServiceTasks {
     /// Returns the first failure, if any.
     pub async fn join(mut self, grace: Duration) -> Result<(), ServiceError> {
         let mut first_error: Option<ServiceError> = None;
-        let mut record = |res: Result<(&'static str, Result<(), TaskError>), tokio::task::JoinError>,
-                          token: &CancellationToken| {
-            match res {
-                Ok((name, Ok(()))) => {
-                    if !token.is_cancelled() {
-                        info!(task = name, "task ended; stopping the service");
+        let mut record =
+            |res: Result<(&'static str, Result<(), TaskError>), tokio::task::JoinError>,
+             token: &CancellationToken| {
+                match res {
+                    Ok((name, Ok(()))) => {
+                        if !token.is_cancelled() {
+                            info!(task = name, "task ended; stopping the service");
+                        }
                     }
+                    Ok((name, Err(e))) => {
+                        error!(task = name, error = %e, "task failed; stopping the service");
+                        first_error.get_or_insert(ServiceError::TaskFailed {
+                            task: name,
+                            source: e,
+                        });
+                    }
+                    Err(e) if e.is_panic() => {
+                        error!("a task panicked; stopping the service");
+                        first_error
+                            .get_or_insert(ServiceError::TaskPanicked { task: "<panicked>" });
+                    }
+                    Err(_) => {}
                 }
-                Ok((name, Err(e))) => {
-                    error!(task = name, error = %e, "task failed; stopping the service");
-                    first_error.get_or_insert(ServiceError::TaskFailed { task: name, source: e });
-                }
-                Err(e) if e.is_panic() => {
-                    error!("a task panicked; stopping the service");
-                    first_error.get_or_insert(ServiceError::TaskPanicked { task: "<panicked>" });
-                }
-                Err(_) => {}
-            }
-            token.cancel();
-        };
+                token.cancel();
+            };
 
         tokio::select! {
             _ = self.token.cancelled() => {}
@@ -98,7 +103,10 @@ impl ServiceTasks {
             }
         };
         if tokio::time::timeout(grace, drain).await.is_err() {
-            warn!(grace_ms = grace.as_millis() as u64, "tasks still running after grace period; aborting them");
+            warn!(
+                grace_ms = grace.as_millis() as u64,
+                "tasks still running after grace period; aborting them"
+            );
             self.set.abort_all();
         }
         match first_error {
@@ -154,10 +162,19 @@ mod tests {
             Ok::<_, TaskError>(())
         });
         tasks.spawn("broken", async { Err::<(), TaskError>("boom".into()) });
-        let err = tasks.join(Duration::from_secs(5)).await.expect_err("failure surfaces");
+        let err = tasks
+            .join(Duration::from_secs(5))
+            .await
+            .expect_err("failure surfaces");
         assert!(err.to_string().contains("broken"), "{err}");
-        assert!(saw_cancel.load(Ordering::SeqCst), "the worker was told to stop");
-        assert!(!shutdown.is_cancelled(), "the caller's token is not cancelled by a child");
+        assert!(
+            saw_cancel.load(Ordering::SeqCst),
+            "the worker was told to stop"
+        );
+        assert!(
+            !shutdown.is_cancelled(),
+            "the caller's token is not cancelled by a child"
+        );
     }
 
     #[tokio::test(start_paused = true)]

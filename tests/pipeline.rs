@@ -1,0 +1,236 @@
+//! End to end: simulated stores → ingest HTTP → Kafka → compactor → Postgres, with
+//! the compactor SIGKILLed mid-way and restarted.
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use chrono::Utc;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use storepulse::gateway::Gateway;
+use storepulse::simulator::{SimConfig, Simulator};
+use storepulse_runtime::AvroCodec;
+use storepulse_runtime::records::{RejectedRecord, topic};
+use support::{PARTITIONS, TestStack, eventually};
+use tokio_util::sync::CancellationToken;
+
+const RAW_COUNT: &str =
+    "SELECT (SELECT count(*) FROM sales) + (SELECT count(*) FROM inventory_changes)
+     + (SELECT count(*) FROM pos_heartbeats) + (SELECT count(*) FROM sensor_readings)";
+
+fn spawn_compactor(stack: &TestStack) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_storepulse"))
+        .args(["run", "compactor"])
+        .envs(stack.service_env("compactor"))
+        .env("STOREPULSE_COMPACTOR__BATCH_MAX_RECORDS", "250")
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn compactor")
+}
+
+async fn start_ingest(stack: &TestStack, shutdown: CancellationToken) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let config = storepulse_ingest::IngestConfig {
+        kafka: stack.kafka.clone(),
+        postgres: stack.postgres.clone(),
+        log: Default::default(),
+        ingest: storepulse_ingest::IngestSettings {
+            rate_limit_events_per_sec: 1e9,
+            rate_limit_burst: 1e9,
+            ..Default::default()
+        },
+    };
+    tokio::spawn(storepulse_ingest::run_with_listener(
+        config, listener, shutdown,
+    ));
+    url
+}
+
+/// Reads every record of the rejected topic until `n` arrived.
+async fn read_rejected(stack: &TestStack, n: usize) -> Vec<RejectedRecord> {
+    let consumer: StreamConsumer =
+        storepulse_runtime::kafka::client_config(&stack.kafka, "test-reader")
+            .set("group.id", format!("{}reader", stack.kafka.topic_prefix))
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset(&stack.kafka.topic(topic::REJECTED), p, Offset::Beginning)
+            .expect("tpl");
+    }
+    consumer.assign(&tpl).expect("assign");
+    let codec = AvroCodec::new();
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while out.len() < n {
+        let msg = tokio::time::timeout_at(deadline, consumer.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {n} rejections arrived", out.len()))
+            .expect("consume");
+        out.push(
+            codec
+                .decode::<RejectedRecord>(msg.payload().expect("payload"))
+                .expect("decode rejection"),
+        );
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ten_thousand_events_exactly_once_through_a_compactor_crash() {
+    let stack = TestStack::start("e2e").await;
+    let shutdown = CancellationToken::new();
+    let ingest_url = start_ingest(&stack, shutdown.clone()).await;
+
+    let mut sim = Simulator::new(SimConfig {
+        tenant_id: "acme".into(),
+        stores: 30,
+        seed: 2026,
+        start: Utc::now() - chrono::Duration::days(2),
+        invalid_ratio: 0.01,
+    });
+    let mut keys = HashMap::new();
+    for store in sim.store_ids() {
+        let k = storepulse_ingest::api_keys::create(&stack.pool, "acme", &store, "e2e")
+            .await
+            .expect("key");
+        keys.insert(store, k.token);
+    }
+    let events = sim.take(10_000);
+    let invalid: Vec<_> = events
+        .iter()
+        .filter(|e| e.invalid_field.is_some())
+        .collect();
+    let valid: HashSet<&str> = events
+        .iter()
+        .filter(|e| e.invalid_field.is_none())
+        .map(|e| e.event_id.as_str())
+        .collect();
+    assert!(
+        invalid.len() >= 50,
+        "about 1% invalid, got {}",
+        invalid.len()
+    );
+
+    let mut compactor = spawn_compactor(&stack);
+    let gateway = Gateway::new(&ingest_url, keys);
+    let posting = gateway.post_all(&events, 100, 4);
+    // Kill the compactor hard while it is writing, then start a new one.
+    let crash = async {
+        eventually("compactor progress", Duration::from_secs(120), || async {
+            (stack.count(RAW_COUNT).await >= 1_500).then_some(())
+        })
+        .await;
+        compactor.kill().expect("SIGKILL compactor");
+        compactor.wait().expect("reap");
+        let mid = stack.count(RAW_COUNT).await;
+        assert!(
+            mid < valid.len() as i64,
+            "the kill happened mid-stream ({mid} rows)"
+        );
+        spawn_compactor(&stack)
+    };
+    let (answers, mut compactor) = tokio::join!(posting, crash);
+    let answers = answers.expect("all batches answered");
+    assert_eq!(answers.len(), events.len(), "an answer per event");
+    for e in &events {
+        let a = &answers[&e.event_id];
+        match e.invalid_field {
+            None => assert_eq!(a.status, "accepted", "{a:?} for {}", e.json),
+            Some(field) => {
+                assert_eq!(a.status, "rejected", "{a:?}");
+                assert_eq!(a.field.as_deref(), Some(field), "{a:?}");
+                assert!(a.reason.as_deref().is_some_and(|r| !r.is_empty()));
+            }
+        }
+    }
+
+    let expected = valid.len() as i64;
+    eventually(
+        "every valid event in Postgres",
+        Duration::from_secs(120),
+        || async { (stack.count(RAW_COUNT).await >= expected).then_some(()) },
+    )
+    .await;
+    eventually(
+        "every rejection in Postgres",
+        Duration::from_secs(60),
+        || async {
+            (stack.count("SELECT count(*) FROM rejected_events").await >= invalid.len() as i64)
+                .then_some(())
+        },
+    )
+    .await;
+
+    // Exactly once: the stored ids are the valid ids, each once.
+    let client = stack.pool.get().await.expect("client");
+    let rows = client
+        .query(
+            "SELECT event_id::text FROM sales UNION ALL SELECT event_id::text FROM inventory_changes
+             UNION ALL SELECT event_id::text FROM pos_heartbeats UNION ALL SELECT event_id::text FROM sensor_readings",
+            &[],
+        )
+        .await
+        .expect("ids");
+    let stored: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    let stored_set: HashSet<&str> = stored.iter().map(String::as_str).collect();
+    assert_eq!(stored.len(), stored_set.len(), "no duplicates");
+    assert_eq!(stored_set, valid, "exactly the valid events");
+    let lines_expected: usize = events
+        .iter()
+        .filter(|e| e.invalid_field.is_none())
+        .filter_map(|e| e.json.get("lines").and_then(|l| l.as_array()).map(Vec::len))
+        .sum();
+    assert_eq!(
+        stack.count("SELECT count(*) FROM sale_lines").await,
+        lines_expected as i64
+    );
+    assert_eq!(
+        stack.count("SELECT count(*) FROM rejected_events").await,
+        invalid.len() as i64
+    );
+
+    // Every invalid event is on the dead-letter topic, with its reason and field.
+    let rejected = read_rejected(&stack, invalid.len()).await;
+    for e in &invalid {
+        let r = rejected
+            .iter()
+            .find(|r| {
+                serde_json::from_slice::<serde_json::Value>(&r.original.0)
+                    .ok()
+                    .as_ref()
+                    == Some(&e.json)
+            })
+            .unwrap_or_else(|| panic!("no rejection for {}", e.json));
+        assert_eq!(r.field.as_deref(), e.invalid_field);
+        assert!(!r.reason.is_empty());
+        assert_eq!(r.envelope.store_id, e.store_id);
+    }
+
+    // The restarted compactor resumed from the stored offsets: offsets cover everything.
+    let stored_next: i64 = stack
+        .count("SELECT coalesce(sum(next_offset), 0)::bigint FROM consumer_offsets")
+        .await;
+    // Input topics start empty: the offsets sum to the records on them, i.e. the valid
+    // events plus their rejection copies.
+    assert_eq!(stored_next, (valid.len() + invalid.len()) as i64);
+
+    // A graceful stop (SIGTERM) of the new compactor finishes cleanly.
+    let pid = compactor.id().to_string();
+    let sent = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("run kill");
+    assert!(sent.success());
+    let status = compactor.wait().expect("wait");
+    assert!(status.success(), "compactor exits 0 on SIGTERM: {status}");
+    shutdown.cancel();
+}
