@@ -46,9 +46,12 @@ pub fn free_port() -> Result<u16, StackError> {
     Ok(l.local_addr().map_err(io("local addr"))?.port())
 }
 
-/// Makes the child receive SIGKILL when the thread that spawned it dies.
+/// Makes the child receive SIGKILL when the thread that spawned it dies, and puts it
+/// in its own process group so a terminal's Ctrl-C reaches only us: we stop the
+/// children ourselves, after the services finished with them.
 #[allow(unsafe_code)]
 fn die_with_parent(cmd: &mut Command) {
+    cmd.process_group(0);
     // SAFETY: prctl is async-signal-safe and touches no memory of the parent; this
     // runs in the forked child after credentials were changed (so it is not reset).
     unsafe {
