@@ -103,18 +103,13 @@ impl AvroCodec {
 
     /// Encodes `record` with its current schema.
     pub fn encode<T: Record>(&self, record: &T) -> Result<Vec<u8>, CodecError> {
-        Self::encode_with(T::schema(), record)
+        encode_datum(T::schema(), T::fingerprint(), record)
     }
 
-    /// Encodes any serializable value with an explicit writer schema.
+    /// Encodes any serializable value with an explicit writer schema (e.g. an older
+    /// version, in tests of schema evolution).
     pub fn encode_with<T: Serialize>(schema: &Schema, record: &T) -> Result<Vec<u8>, CodecError> {
-        let value = to_value(record)?.resolve(schema)?;
-        let body = to_avro_datum(schema, value)?;
-        let mut out = Vec::with_capacity(HEADER_LEN + body.len());
-        out.extend_from_slice(&SINGLE_OBJECT_MAGIC);
-        out.extend_from_slice(&fingerprint(schema));
-        out.extend_from_slice(&body);
-        Ok(out)
+        encode_datum(schema, fingerprint(schema), record)
     }
 
     /// The writer schema a payload names in its header.
@@ -146,6 +141,20 @@ impl AvroCodec {
         })?;
         Ok(from_value::<T>(&value)?)
     }
+}
+
+fn encode_datum<T: Serialize>(
+    schema: &Schema,
+    fp: Fingerprint,
+    record: &T,
+) -> Result<Vec<u8>, CodecError> {
+    let value = to_value(record)?.resolve(schema)?;
+    let body = to_avro_datum(schema, value)?;
+    let mut out = Vec::with_capacity(HEADER_LEN + body.len());
+    out.extend_from_slice(&SINGLE_OBJECT_MAGIC);
+    out.extend_from_slice(&fp);
+    out.extend_from_slice(&body);
+    Ok(out)
 }
 
 fn hex_string(bytes: &[u8]) -> String {

@@ -22,6 +22,8 @@ pub trait Record: Serialize + DeserializeOwned + AvroSchema + Send + Sync + 'sta
     const TOPIC: &'static str;
     /// The parsed schema of [`Record::SCHEMA_JSON`].
     fn schema() -> &'static Schema;
+    /// Fingerprint of [`Record::schema`], computed once.
+    fn fingerprint() -> [u8; 8];
     /// The envelope every record carries.
     fn envelope(&self) -> &Envelope;
 }
@@ -40,6 +42,10 @@ macro_rules! record {
                         " is valid Avro"
                     ))
                 })
+            }
+            fn fingerprint() -> [u8; 8] {
+                static FP: std::sync::OnceLock<[u8; 8]> = std::sync::OnceLock::new();
+                *FP.get_or_init(|| crate::avro::fingerprint(Self::schema()))
             }
             fn envelope(&self) -> &Envelope {
                 &self.envelope
