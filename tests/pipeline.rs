@@ -22,14 +22,25 @@ const RAW_COUNT: &str =
     "SELECT (SELECT count(*) FROM sales) + (SELECT count(*) FROM inventory_changes)
      + (SELECT count(*) FROM pos_heartbeats) + (SELECT count(*) FROM sensor_readings)";
 
-fn spawn_compactor(stack: &TestStack) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_storepulse"))
+/// A compactor process, killed if the test ends early (a panic must not orphan it).
+struct CompactorProcess(Child);
+
+impl Drop for CompactorProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_compactor(stack: &TestStack) -> CompactorProcess {
+    let child = Command::new(env!("CARGO_BIN_EXE_storepulse"))
         .args(["run", "compactor"])
         .envs(stack.service_env("compactor"))
         .env("STOREPULSE_COMPACTOR__BATCH_MAX_RECORDS", "250")
         .stdin(Stdio::null())
         .spawn()
-        .expect("spawn compactor")
+        .expect("spawn compactor");
+    CompactorProcess(child)
 }
 
 async fn start_ingest(stack: &TestStack, shutdown: CancellationToken) -> String {
@@ -129,8 +140,8 @@ async fn ten_thousand_events_exactly_once_through_a_compactor_crash() {
             (stack.count(RAW_COUNT).await >= 1_500).then_some(())
         })
         .await;
-        compactor.kill().expect("SIGKILL compactor");
-        compactor.wait().expect("reap");
+        compactor.0.kill().expect("SIGKILL compactor");
+        compactor.0.wait().expect("reap");
         let mid = stack.count(RAW_COUNT).await;
         assert!(
             mid < valid.len() as i64,
@@ -198,8 +209,50 @@ async fn ten_thousand_events_exactly_once_through_a_compactor_crash() {
         invalid.len() as i64
     );
 
+    // The restarted compactor resumed from the stored offsets: offsets cover everything.
+    let stored_next: i64 = stack
+        .count("SELECT coalesce(sum(next_offset), 0)::bigint FROM consumer_offsets")
+        .await;
+    // Input topics start empty: the offsets sum to the records on them, i.e. the valid
+    // events plus their rejection copies.
+    assert_eq!(stored_next, (valid.len() + invalid.len()) as i64);
+
+    // Retrying batches (same event ids) is harmless: nothing changes in the read store.
+    let again = gateway
+        .post_all(&events[..1_000], 100, 4)
+        .await
+        .expect("retry answered");
+    assert_eq!(again.len(), 1_000);
+    // Each retried event is on a topic again: valid ones on theirs, invalid ones as a
+    // new rejection copy. Wait until the compactor has read all 1,000 of them.
+    eventually(
+        "the retried batches consumed",
+        Duration::from_secs(60),
+        || async {
+            let now: i64 = stack
+                .count("SELECT coalesce(sum(next_offset), 0)::bigint FROM consumer_offsets")
+                .await;
+            (now >= stored_next + 1_000).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        stack.count(RAW_COUNT).await,
+        expected,
+        "retries add no rows"
+    );
+    assert_eq!(
+        stack.count("SELECT count(*) FROM rejected_events").await,
+        invalid.len() as i64
+    );
+
     // Every invalid event is on the dead-letter topic, with its reason and field.
-    let rejected = read_rejected(&stack, invalid.len()).await;
+    // The topic holds one copy per rejection, plus the copies the retried batches made.
+    let retried_invalid = events[..1_000]
+        .iter()
+        .filter(|e| e.invalid_field.is_some())
+        .count();
+    let rejected = read_rejected(&stack, invalid.len() + retried_invalid).await;
     for e in &invalid {
         let r = rejected
             .iter()
@@ -215,22 +268,14 @@ async fn ten_thousand_events_exactly_once_through_a_compactor_crash() {
         assert_eq!(r.envelope.store_id, e.store_id);
     }
 
-    // The restarted compactor resumed from the stored offsets: offsets cover everything.
-    let stored_next: i64 = stack
-        .count("SELECT coalesce(sum(next_offset), 0)::bigint FROM consumer_offsets")
-        .await;
-    // Input topics start empty: the offsets sum to the records on them, i.e. the valid
-    // events plus their rejection copies.
-    assert_eq!(stored_next, (valid.len() + invalid.len()) as i64);
-
     // A graceful stop (SIGTERM) of the new compactor finishes cleanly.
-    let pid = compactor.id().to_string();
+    let pid = compactor.0.id().to_string();
     let sent = Command::new("kill")
         .args(["-TERM", &pid])
         .status()
         .expect("run kill");
     assert!(sent.success());
-    let status = compactor.wait().expect("wait");
+    let status = compactor.0.wait().expect("wait");
     assert!(status.success(), "compactor exits 0 on SIGTERM: {status}");
     shutdown.cancel();
 }

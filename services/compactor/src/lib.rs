@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 use storepulse_runtime::config::{ConfigError, ConfigSource, Validate, invalid};
 use storepulse_runtime::consumer::{BatchConsumer, ConsumerSettings};
 use storepulse_runtime::{
-    AvroCodec, DeadLetters, EventProducer, KafkaConfig, LogConfig, PostgresConfig, RuntimeMetrics,
-    ServiceTasks, db, kafka, ops_http, telemetry,
+    AvroCodec, ConsumerMetrics, DeadLetters, EventProducer, KafkaConfig, LogConfig, PostgresConfig,
+    ProducerMetrics, ServiceTasks, db, kafka, ops_http, telemetry,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -96,7 +96,8 @@ pub async fn run_with_listener(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let registry = telemetry::service_registry("compactor");
-    let metrics = RuntimeMetrics::register(&registry)?;
+    let producer_metrics = ProducerMetrics::register(&registry)?;
+    let consumer_metrics = ConsumerMetrics::register(&registry)?;
     let pool = db::pool(&config.postgres)?;
     let applied = db::migrate(&pool).await?;
     info!(?applied, "read store schema is current");
@@ -106,7 +107,7 @@ pub async fn run_with_listener(
         &config.kafka,
         "storepulse-compactor",
         codec.clone(),
-        metrics.clone(),
+        producer_metrics,
     )?;
     let dead_letters = DeadLetters::new(producer.clone(), "compactor");
     let writer = ReadStoreWriter::new(
@@ -121,7 +122,13 @@ pub async fn run_with_listener(
         batch_max_records: config.compactor.batch_max_records,
         batch_max_wait: Duration::from_millis(config.compactor.batch_max_wait_ms),
     };
-    let consumer = BatchConsumer::new(&config.kafka, settings, writer, dead_letters, metrics)?;
+    let consumer = BatchConsumer::new(
+        &config.kafka,
+        settings,
+        writer,
+        dead_letters,
+        consumer_metrics,
+    )?;
 
     let router = ops_http::ops_router(
         registry,

@@ -128,6 +128,21 @@ impl ReadStoreWriter {
     }
 }
 
+impl ReadStoreWriter {
+    /// Runs one bulk insert and counts the rows it added.
+    async fn insert(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        table: &'static str,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<(), WriteError> {
+        let n = tx.execute(sql, params).await?;
+        self.rows_written.with_label_values(&[table]).inc_by(n);
+        Ok(())
+    }
+}
+
 fn event_uuid(e: &Envelope) -> Result<Uuid, Rejection> {
     Uuid::parse_str(&e.event_id)
         .map_err(|_| Rejection::field("envelope.event_id", format!("not a UUID: {:?}", e.event_id)))
@@ -282,137 +297,127 @@ impl BatchProcessor for ReadStoreWriter {
         }
 
         if sales.len() > 0 {
-            let n = tx
-                .execute(
-                    include_str!("../sql/insert_sales.sql"),
-                    &[
-                        &sales.event_id,
-                        &sales.tenant_id,
-                        &sales.store_id,
-                        &sales.occurred_at,
-                        &sales.received_at,
-                        &sales.source,
-                        &s_kind,
-                        &s_txn,
-                        &s_term,
-                        &s_cur,
-                        &s_total,
-                        &s_orig,
-                    ],
-                )
-                .await?;
-            self.rows_written.with_label_values(&["sales"]).inc_by(n);
-            let n = tx
-                .execute(
-                    include_str!("../sql/insert_sale_lines.sql"),
-                    &[
-                        &lines.event_id,
-                        &l_no,
-                        &lines.tenant_id,
-                        &lines.store_id,
-                        &lines.occurred_at,
-                        &l_sku,
-                        &l_qty,
-                        &l_price,
-                    ],
-                )
-                .await?;
-            self.rows_written
-                .with_label_values(&["sale_lines"])
-                .inc_by(n);
+            self.insert(
+                &tx,
+                "sales",
+                include_str!("../sql/insert_sales.sql"),
+                &[
+                    &sales.event_id,
+                    &sales.tenant_id,
+                    &sales.store_id,
+                    &sales.occurred_at,
+                    &sales.received_at,
+                    &sales.source,
+                    &s_kind,
+                    &s_txn,
+                    &s_term,
+                    &s_cur,
+                    &s_total,
+                    &s_orig,
+                ],
+            )
+            .await?;
+            self.insert(
+                &tx,
+                "sale_lines",
+                include_str!("../sql/insert_sale_lines.sql"),
+                &[
+                    &lines.event_id,
+                    &l_no,
+                    &lines.tenant_id,
+                    &lines.store_id,
+                    &lines.occurred_at,
+                    &l_sku,
+                    &l_qty,
+                    &l_price,
+                ],
+            )
+            .await?;
         }
         if inv.len() > 0 {
-            let n = tx
-                .execute(
-                    include_str!("../sql/insert_inventory.sql"),
-                    &[
-                        &inv.event_id,
-                        &inv.tenant_id,
-                        &inv.store_id,
-                        &inv.occurred_at,
-                        &inv.received_at,
-                        &inv.source,
-                        &i_kind,
-                        &i_sku,
-                        &i_qty,
-                        &i_reason,
-                    ],
-                )
-                .await?;
-            self.rows_written
-                .with_label_values(&["inventory_changes"])
-                .inc_by(n);
+            self.insert(
+                &tx,
+                "inventory_changes",
+                include_str!("../sql/insert_inventory.sql"),
+                &[
+                    &inv.event_id,
+                    &inv.tenant_id,
+                    &inv.store_id,
+                    &inv.occurred_at,
+                    &inv.received_at,
+                    &inv.source,
+                    &i_kind,
+                    &i_sku,
+                    &i_qty,
+                    &i_reason,
+                ],
+            )
+            .await?;
         }
         if hb.len() > 0 {
-            let n = tx
-                .execute(
-                    include_str!("../sql/insert_heartbeats.sql"),
-                    &[
-                        &hb.event_id,
-                        &hb.tenant_id,
-                        &hb.store_id,
-                        &hb.occurred_at,
-                        &hb.received_at,
-                        &hb.source,
-                        &h_term,
-                        &h_up,
-                        &h_printer,
-                        &h_net,
-                        &h_ver,
-                    ],
-                )
-                .await?;
-            self.rows_written
-                .with_label_values(&["pos_heartbeats"])
-                .inc_by(n);
+            self.insert(
+                &tx,
+                "pos_heartbeats",
+                include_str!("../sql/insert_heartbeats.sql"),
+                &[
+                    &hb.event_id,
+                    &hb.tenant_id,
+                    &hb.store_id,
+                    &hb.occurred_at,
+                    &hb.received_at,
+                    &hb.source,
+                    &h_term,
+                    &h_up,
+                    &h_printer,
+                    &h_net,
+                    &h_ver,
+                ],
+            )
+            .await?;
         }
         if sr.len() > 0 {
-            let n = tx
-                .execute(
-                    include_str!("../sql/insert_sensor_readings.sql"),
-                    &[
-                        &sr.event_id,
-                        &sr.tenant_id,
-                        &sr.store_id,
-                        &sr.occurred_at,
-                        &sr.received_at,
-                        &sr.source,
-                        &r_dev,
-                        &r_kind,
-                        &r_val,
-                        &r_unit,
-                        &r_app,
-                    ],
-                )
-                .await?;
-            self.rows_written
-                .with_label_values(&["sensor_readings"])
-                .inc_by(n);
+            self.insert(
+                &tx,
+                "sensor_readings",
+                include_str!("../sql/insert_sensor_readings.sql"),
+                &[
+                    &sr.event_id,
+                    &sr.tenant_id,
+                    &sr.store_id,
+                    &sr.occurred_at,
+                    &sr.received_at,
+                    &sr.source,
+                    &r_dev,
+                    &r_kind,
+                    &r_val,
+                    &r_unit,
+                    &r_app,
+                ],
+            )
+            .await?;
         }
         if rj.len() > 0 {
-            let n = tx
-                .execute(
-                    include_str!("../sql/insert_rejected.sql"),
-                    &[
-                        &rj.event_id,
-                        &rj.tenant_id,
-                        &rj.store_id,
-                        &rj.occurred_at,
-                        &rj.received_at,
-                        &rj.source,
-                        &j_reason,
-                        &j_field,
-                        &j_orig,
-                        &j_oid,
-                        &j_topic,
-                        &j_part,
-                        &j_off,
-                    ],
-                )
-                .await?;
-            self.rows_written
-                .with_label_values(&["rejected_events"])
-                .inc_by(n);
+            self.insert(
+                &tx,
+                "rejected_events",
+                include_str!("../sql/insert_rejected.sql"),
+                &[
+                    &rj.event_id,
+                    &rj.tenant_id,
+                    &rj.store_id,
+                    &rj.occurred_at,
+                    &rj.received_at,
+                    &rj.source,
+                    &j_reason,
+                    &j_field,
+                    &j_orig,
+                    &j_oid,
+                    &j_topic,
+                    &j_part,
+                    &j_off,
+                ],
+            )
+            .await?;
         }
 
         let store = tx

@@ -19,7 +19,7 @@ use axum::routing::post;
 use serde::{Deserialize, Serialize};
 use storepulse_runtime::config::{ConfigError, ConfigSource, Validate, invalid};
 use storepulse_runtime::{
-    AvroCodec, DeadLetters, EventProducer, KafkaConfig, LogConfig, PostgresConfig, RuntimeMetrics,
+    AvroCodec, DeadLetters, EventProducer, KafkaConfig, LogConfig, PostgresConfig, ProducerMetrics,
     ServiceTasks, db, kafka, ops_http, telemetry,
 };
 use tokio::net::TcpListener;
@@ -121,14 +121,14 @@ pub async fn run_with_listener(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let registry = telemetry::service_registry("ingest");
-    let runtime_metrics = RuntimeMetrics::register(&registry)?;
+    let producer_metrics = ProducerMetrics::register(&registry)?;
     let pool = db::pool(&config.postgres)?;
     db::migrate(&pool).await?;
     let producer = EventProducer::new(
         &config.kafka,
         "storepulse-ingest",
         AvroCodec::new(),
-        runtime_metrics,
+        producer_metrics,
     )?;
     let s = &config.ingest;
     let api = Arc::new(IngestApi {

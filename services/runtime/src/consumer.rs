@@ -26,7 +26,7 @@ use tracing::{debug, info, warn};
 use crate::config::KafkaConfig;
 use crate::dead_letter::{DeadLetters, RejectedFrom, Rejection};
 use crate::kafka::{ProduceError, client_config};
-use crate::metrics::RuntimeMetrics;
+use crate::metrics::ConsumerMetrics;
 
 /// One record as read from Kafka.
 #[derive(Debug, Clone)]
@@ -104,7 +104,7 @@ pub enum ConsumerError {
 
 /// Logs rebalances and keeps the assigned-partitions gauge current.
 struct RebalanceObserver {
-    metrics: RuntimeMetrics,
+    metrics: ConsumerMetrics,
     prefix: String,
 }
 
@@ -139,7 +139,7 @@ pub struct BatchConsumer<P: BatchProcessor> {
     consumer: StreamConsumer<RebalanceObserver>,
     processor: P,
     dead_letters: DeadLetters,
-    metrics: RuntimeMetrics,
+    metrics: ConsumerMetrics,
     settings: ConsumerSettings,
     kafka: KafkaConfig,
 }
@@ -158,7 +158,7 @@ impl<P: BatchProcessor> BatchConsumer<P> {
         settings: ConsumerSettings,
         processor: P,
         dead_letters: DeadLetters,
-        metrics: RuntimeMetrics,
+        metrics: ConsumerMetrics,
     ) -> Result<Self, ConsumerError> {
         let consumer: StreamConsumer<RebalanceObserver> = client_config(kafka, &settings.group_id)
             .set("group.id", &settings.group_id)

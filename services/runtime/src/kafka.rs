@@ -13,7 +13,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use crate::avro::{AvroCodec, CodecError};
 use crate::config::KafkaConfig;
-use crate::metrics::RuntimeMetrics;
+use crate::metrics::ProducerMetrics;
 use crate::ops_http::ReadinessCheck;
 use crate::records::Record;
 
@@ -83,7 +83,7 @@ pub struct EventProducer {
     codec: AvroCodec,
     cfg: KafkaConfig,
     /// Where produce outcomes are counted.
-    metrics: RuntimeMetrics,
+    metrics: ProducerMetrics,
 }
 
 impl std::fmt::Debug for EventProducer {
@@ -99,7 +99,7 @@ impl EventProducer {
         cfg: &KafkaConfig,
         client_id: &str,
         codec: AvroCodec,
-        metrics: RuntimeMetrics,
+        metrics: ProducerMetrics,
     ) -> Result<Self, KafkaError> {
         let producer: FutureProducer = client_config(cfg, client_id)
             .set("enable.idempotence", "true")

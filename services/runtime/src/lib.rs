@@ -22,5 +22,5 @@ pub use avro::AvroCodec;
 pub use config::{ConfigSource, KafkaConfig, LogConfig, PostgresConfig};
 pub use dead_letter::{DeadLetters, Rejection};
 pub use kafka::EventProducer;
-pub use metrics::RuntimeMetrics;
+pub use metrics::{ConsumerMetrics, ProducerMetrics};
 pub use shutdown::ServiceTasks;

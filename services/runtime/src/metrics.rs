@@ -1,13 +1,33 @@
-//! Metrics the runtime itself emits, registered once per service registry and
-//! shared by its producer and consumer loop. Names follow
-//! `storepulse_<name>_<unit>_total`; labels are bounded (topic, outcome).
+//! Metrics the runtime itself emits. Names follow `storepulse_<name>_<unit>_total`;
+//! labels are bounded (topic, outcome). A service registers the producer metrics,
+//! the consumer metrics, or both, once in its registry.
 
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry};
 
+/// Metrics of an [`crate::EventProducer`].
 #[derive(Debug, Clone)]
-pub struct RuntimeMetrics {
+pub struct ProducerMetrics {
     /// Records the broker acknowledged (`outcome=acked`) or failed (`outcome=failed`).
     pub produced: IntCounterVec,
+}
+
+impl ProducerMetrics {
+    pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let produced = IntCounterVec::new(
+            Opts::new(
+                "produced_records_total",
+                "Records acknowledged or failed by the broker",
+            ),
+            &["topic", "outcome"],
+        )?;
+        registry.register(Box::new(produced.clone()))?;
+        Ok(Self { produced })
+    }
+}
+
+/// Metrics of a [`crate::consumer::BatchConsumer`].
+#[derive(Debug, Clone)]
+pub struct ConsumerMetrics {
     /// Records read by the consumer loop, by topic.
     pub consumed: IntCounterVec,
     /// Records sent to the dead-letter topic, by source topic.
@@ -18,16 +38,9 @@ pub struct RuntimeMetrics {
     pub assigned_partitions: IntGaugeVec,
 }
 
-impl RuntimeMetrics {
+impl ConsumerMetrics {
     pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
         let m = Self {
-            produced: IntCounterVec::new(
-                Opts::new(
-                    "produced_records_total",
-                    "Records acknowledged or failed by the broker",
-                ),
-                &["topic", "outcome"],
-            )?,
             consumed: IntCounterVec::new(
                 Opts::new("consumed_records_total", "Records read from Kafka"),
                 &["topic"],
@@ -56,7 +69,6 @@ impl RuntimeMetrics {
                 &["topic"],
             )?,
         };
-        registry.register(Box::new(m.produced.clone()))?;
         registry.register(Box::new(m.consumed.clone()))?;
         registry.register(Box::new(m.dead_lettered.clone()))?;
         registry.register(Box::new(m.batch_seconds.clone()))?;
