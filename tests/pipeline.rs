@@ -150,6 +150,9 @@ async fn ten_thousand_events_exactly_once_through_a_compactor_crash() {
         spawn_compactor(&stack)
     };
     let (answers, mut compactor) = tokio::join!(posting, crash);
+    // Scale out while records still flow: a second member joins the group (a
+    // rebalance mid-stream), and the store must still be exact.
+    let mut second = spawn_compactor(&stack);
     let answers = answers.expect("all batches answered");
     assert_eq!(answers.len(), events.len(), "an answer per event");
     for e in &events {
@@ -268,14 +271,16 @@ async fn ten_thousand_events_exactly_once_through_a_compactor_crash() {
         assert_eq!(r.envelope.store_id, e.store_id);
     }
 
-    // A graceful stop (SIGTERM) of the new compactor finishes cleanly.
-    let pid = compactor.0.id().to_string();
-    let sent = Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("run kill");
-    assert!(sent.success());
-    let status = compactor.0.wait().expect("wait");
-    assert!(status.success(), "compactor exits 0 on SIGTERM: {status}");
+    // A graceful stop (SIGTERM) of both compactors finishes cleanly.
+    for process in [&mut compactor, &mut second] {
+        let pid = process.0.id().to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("run kill");
+        assert!(sent.success());
+        let status = process.0.wait().expect("wait");
+        assert!(status.success(), "compactor exits 0 on SIGTERM: {status}");
+    }
     shutdown.cancel();
 }

@@ -183,9 +183,8 @@ pub async fn ensure_topics(
         match result {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((topic, code)) => {
-                return Err(KafkaError::AdminOp(code)).inspect_err(|_| {
-                    tracing::error!(%topic, ?code, "cannot create topic");
-                });
+                tracing::error!(%topic, ?code, "cannot create topic");
+                return Err(KafkaError::AdminOp(code));
             }
         }
     }
