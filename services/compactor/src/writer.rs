@@ -43,18 +43,10 @@ pub enum RawEvent {
 
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
-    #[error("postgres: {}", describe(.0))]
+    #[error("postgres: {}", storepulse_runtime::db::describe(.0))]
     Postgres(#[from] tokio_postgres::Error),
     #[error("postgres pool: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),
-}
-
-/// tokio-postgres displays server errors as just "db error"; show what the server said.
-fn describe(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => e.to_string(),
-    }
 }
 
 /// Columns shared by the raw tables, as parallel arrays for `unnest`.
@@ -126,9 +118,7 @@ impl ReadStoreWriter {
             skipped,
         })
     }
-}
 
-impl ReadStoreWriter {
     /// Runs one bulk insert and counts the rows it added.
     async fn insert(
         &self,

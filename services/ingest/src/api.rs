@@ -257,7 +257,8 @@ async fn handle(api: &IngestApi, headers: &HeaderMap, body: Body) -> Response {
             }
         };
         match check_event(&value, &who, now, policy) {
-            Checked::Forbidden(f) => {
+            Ok(outcome) => checked.push(outcome),
+            Err(f) => {
                 return error(
                     StatusCode::FORBIDDEN,
                     "forbidden",
@@ -267,7 +268,6 @@ async fn handle(api: &IngestApi, headers: &HeaderMap, body: Body) -> Response {
                     ),
                 );
             }
-            other => checked.push(other),
         }
     }
 
@@ -292,7 +292,6 @@ async fn handle(api: &IngestApi, headers: &HeaderMap, body: Body) -> Response {
                 )
                 .await
                 .map(|_| ()),
-            Checked::Forbidden(_) => Ok(()),
         }
     });
     let outcomes = join_all(sends).await;
@@ -348,7 +347,6 @@ async fn handle(api: &IngestApi, headers: &HeaderMap, body: Body) -> Response {
                     reason: Some(reason),
                 });
             }
-            Checked::Forbidden(_) => {}
         }
     }
     let status = match (accepted, rejected) {

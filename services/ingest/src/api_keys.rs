@@ -20,7 +20,7 @@ const PREFIX: &str = "sp_";
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("postgres: {0}")]
+    #[error("postgres: {}", storepulse_runtime::db::describe(.0))]
     Postgres(#[from] tokio_postgres::Error),
     #[error("postgres pool: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),

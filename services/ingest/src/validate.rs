@@ -80,8 +80,6 @@ pub enum Checked {
         event_id: Option<String>,
         rejection: Rejection,
     },
-    /// Authorization failure: the whole request is refused (403).
-    Forbidden(ForeignStore),
 }
 
 /// Policy knobs of validation.
@@ -127,7 +125,9 @@ impl<'a> Fields<'a> {
                     Ok(s.to_string())
                 }
             }
-            Some(other) => Err(self.err(key, format!("must be a string, got {}", kind(other)))),
+            Some(other) => {
+                Err(self.err(key, format!("must be a string, got {}", json_type(other))))
+            }
         }
     }
 
@@ -145,7 +145,9 @@ impl<'a> Fields<'a> {
                 .as_f64()
                 .filter(|f| f.is_finite())
                 .ok_or_else(|| self.err(key, "must be a finite number")),
-            Some(other) => Err(self.err(key, format!("must be a number, got {}", kind(other)))),
+            Some(other) => {
+                Err(self.err(key, format!("must be a number, got {}", json_type(other))))
+            }
         }
     }
 
@@ -155,7 +157,9 @@ impl<'a> Fields<'a> {
             Some(Value::Number(n)) => n
                 .as_i64()
                 .ok_or_else(|| self.err(key, "must be an integer (minor currency units)")),
-            Some(other) => Err(self.err(key, format!("must be an integer, got {}", kind(other)))),
+            Some(other) => {
+                Err(self.err(key, format!("must be an integer, got {}", json_type(other))))
+            }
         }
     }
 
@@ -163,9 +167,10 @@ impl<'a> Fields<'a> {
         match self.present(key) {
             None => Err(self.err(key, "is required")),
             Some(Value::Bool(b)) => Ok(*b),
-            Some(other) => {
-                Err(self.err(key, format!("must be true or false, got {}", kind(other))))
-            }
+            Some(other) => Err(self.err(
+                key,
+                format!("must be true or false, got {}", json_type(other)),
+            )),
         }
     }
 
@@ -192,7 +197,7 @@ impl<'a> Fields<'a> {
     }
 }
 
-fn kind(v: &Value) -> &'static str {
+fn json_type(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
@@ -206,17 +211,23 @@ fn kind(v: &Value) -> &'static str {
 const ENVELOPE_FIELDS: [&str; 5] = ["type", "event_id", "tenant_id", "store_id", "occurred_at"];
 
 /// Checks one posted event on behalf of `who`, received at `now`.
+///
+/// `Err` is an authorization failure (the event names another tenant or store than
+/// the key's): the whole request is refused (403), unlike a validation failure.
 pub fn check_event(
     raw: &Value,
     who: &StoreIdentity,
     now: DateTime<Utc>,
     policy: ValidationPolicy,
-) -> Checked {
+) -> Result<Checked, ForeignStore> {
     let Value::Object(map) = raw else {
-        return Checked::Invalid {
+        return Ok(Checked::Invalid {
             event_id: None,
-            rejection: Rejection::whole(format!("event must be a JSON object, got {}", kind(raw))),
-        };
+            rejection: Rejection::whole(format!(
+                "event must be a JSON object, got {}",
+                json_type(raw)
+            )),
+        });
     };
     let f = Fields {
         map,
@@ -235,7 +246,7 @@ pub fn check_event(
     if let Some(Value::String(t)) = map.get("tenant_id")
         && t.trim() != who.tenant_id
     {
-        return Checked::Forbidden(ForeignStore {
+        return Err(ForeignStore {
             field: "tenant_id",
             value: t.clone(),
         });
@@ -243,16 +254,16 @@ pub fn check_event(
     if let Some(Value::String(s)) = map.get("store_id")
         && s.trim() != who.store_id
     {
-        return Checked::Forbidden(ForeignStore {
+        return Err(ForeignStore {
             field: "store_id",
             value: s.clone(),
         });
     }
 
-    match build(&f, who, now, policy) {
+    Ok(match build(&f, who, now, policy) {
         Ok(ev) => Checked::Valid(ev),
         Err(rejection) => invalid(rejection),
-    }
+    })
 }
 
 fn build(
@@ -327,7 +338,10 @@ fn build(
                 }
                 Some(Value::Array(a)) => a,
                 Some(other) => {
-                    return Err(f.err("lines", format!("must be an array, got {}", kind_of(other))));
+                    return Err(f.err(
+                        "lines",
+                        format!("must be an array, got {}", json_type(other)),
+                    ));
                 }
             };
             let mut items = Vec::with_capacity(lines.len());
@@ -510,10 +524,6 @@ fn build(
     })
 }
 
-fn kind_of(v: &Value) -> &'static str {
-    kind(v)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -530,12 +540,12 @@ mod tests {
             max_future_skew: Duration::minutes(5),
         }
     }
-    fn check(v: Value) -> Checked {
+    fn check(v: Value) -> Result<Checked, ForeignStore> {
         check_event(&v, &who(), Utc::now(), policy())
     }
     fn rejected_field(v: Value) -> String {
         match check(v) {
-            Checked::Invalid { rejection, .. } => rejection.field.unwrap_or_default(),
+            Ok(Checked::Invalid { rejection, .. }) => rejection.field.unwrap_or_default(),
             other => panic!("expected a rejection, got {other:?}"),
         }
     }
@@ -548,7 +558,7 @@ mod tests {
     #[test]
     fn a_valid_sale_becomes_a_typed_record() {
         match check(sale()) {
-            Checked::Valid(ValidEvent::Sale(s)) => {
+            Ok(Checked::Valid(ValidEvent::Sale(s))) => {
                 assert_eq!(s.total_minor, 258);
                 assert_eq!(s.envelope.tenant_id, "acme", "tenant comes from the key");
                 assert_eq!(s.lines[0].sku, "milk");
@@ -577,7 +587,7 @@ mod tests {
         let v = json!({"type":"sensor_reading","event_id":"7d1c3c52-8f4e-4a3a-9a57-0d5f3e1b2c11","store_id":"s-1",
                "occurred_at":"2026-01-05T10:00:00Z","device_id":"f1","kind":"temperature","value":20,"unit":"percent"});
         assert_eq!(rejected_field(v), "unit");
-        assert!(matches!(check(json!([1])), Checked::Invalid { .. }));
+        assert!(matches!(check(json!([1])), Ok(Checked::Invalid { .. })));
     }
 
     #[test]
@@ -586,7 +596,7 @@ mod tests {
         v["store_id"] = json!("s-2");
         assert!(matches!(
             check(v),
-            Checked::Forbidden(ForeignStore {
+            Err(ForeignStore {
                 field: "store_id",
                 ..
             })
@@ -595,7 +605,7 @@ mod tests {
         v["tenant_id"] = json!("other");
         assert!(matches!(
             check(v),
-            Checked::Forbidden(ForeignStore {
+            Err(ForeignStore {
                 field: "tenant_id",
                 ..
             })

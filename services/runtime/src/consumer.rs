@@ -187,7 +187,7 @@ impl<P: BatchProcessor> BatchConsumer<P> {
     /// Consumes until `shutdown` is cancelled, then finishes the batch in hand.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), ConsumerError> {
         loop {
-            let records = self.next_batch(&shutdown).await?;
+            let records = self.next_batch(&shutdown).await;
             if !records.is_empty() {
                 self.process(records, &shutdown).await?;
             }
@@ -201,10 +201,7 @@ impl<P: BatchProcessor> BatchConsumer<P> {
 
     /// Waits for a first record (or shutdown), then fills the batch for at most
     /// `batch_max_wait` or `batch_max_records`.
-    async fn next_batch(
-        &self,
-        shutdown: &CancellationToken,
-    ) -> Result<Vec<ConsumedRecord>, ConsumerError> {
+    async fn next_batch(&self, shutdown: &CancellationToken) -> Vec<ConsumedRecord> {
         let mut out = Vec::new();
         let mut deadline: Option<tokio::time::Instant> = None;
         while out.len() < self.settings.batch_max_records {
@@ -244,7 +241,7 @@ impl<P: BatchProcessor> BatchConsumer<P> {
                 }
             }
         }
-        Ok(out)
+        out
     }
 
     async fn process(

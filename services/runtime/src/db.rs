@@ -40,7 +40,7 @@ const MIGRATION_LOCK: i64 = 0x5354_5055_4c53_4501;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
-    #[error("postgres: {0}")]
+    #[error("postgres: {}", describe(.0))]
     Postgres(#[from] tokio_postgres::Error),
     #[error("postgres pool: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),
@@ -57,6 +57,15 @@ pub enum DbError {
     },
     #[error("database is at migration {0}, newer than this build knows ({1}); upgrade the service")]
     TooNew(i32, i32),
+}
+
+/// What went wrong, in the server's words: tokio-postgres displays every server
+/// error as just "db error", so error types show this instead.
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
 }
 
 /// A pool of connections to the read store.
