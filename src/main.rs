@@ -11,9 +11,7 @@ use storepulse::dev_stack::{self, DevOptions};
 use storepulse::gateway::Gateway;
 use storepulse::simulator::{SimConfig, Simulator};
 use storepulse_runtime::records::topic;
-use storepulse_runtime::{
-    ConfigSource, KafkaConfig, PostgresConfig, db, kafka, shutdown, telemetry,
-};
+use storepulse_runtime::{ConfigSource, KafkaConfig, PostgresConfig, db, kafka, shutdown};
 use tokio_util::sync::CancellationToken;
 
 /// StorePulse: real-time monitoring of retail stores.
@@ -292,36 +290,33 @@ async fn main() -> anyhow::Result<()> {
             println!("applied migrations: {applied:?}");
             Ok(())
         }
-        Command::Run { service } => {
-            shutdown::cancel_on_signals(token.clone());
-            match service {
-                Service::Ingest => {
-                    let c = storepulse_ingest::IngestConfig::from_source(&src)?;
-                    telemetry::init_tracing(&c.log);
-                    storepulse_ingest::run(c, token).await
-                }
-                Service::Compactor => {
-                    let c = storepulse_compactor::CompactorConfig::from_source(&src)?;
-                    telemetry::init_tracing(&c.log);
-                    storepulse_compactor::run(c, token).await
-                }
-                Service::Rules => {
-                    let c = storepulse_rules::config(&src)?;
-                    telemetry::init_tracing(&c.log);
-                    storepulse_rules::run(c, token).await
-                }
-                Service::Forecaster => {
-                    let c = storepulse_forecaster::config(&src)?;
-                    telemetry::init_tracing(&c.log);
-                    storepulse_forecaster::run(c, token).await
-                }
-                Service::Notifier => {
-                    let c = storepulse_notifier::config(&src)?;
-                    telemetry::init_tracing(&c.log);
-                    storepulse_notifier::run(c, token).await
-                }
+        Command::Run { service } => match service {
+            Service::Ingest => {
+                let c = storepulse_ingest::IngestConfig::from_source(&src)?;
+                let log = c.log.clone();
+                shutdown::run_until_signalled(c, &log, storepulse_ingest::run).await
             }
-        }
+            Service::Compactor => {
+                let c = storepulse_compactor::CompactorConfig::from_source(&src)?;
+                let log = c.log.clone();
+                shutdown::run_until_signalled(c, &log, storepulse_compactor::run).await
+            }
+            Service::Rules => {
+                let c = storepulse_rules::config(&src)?;
+                let log = c.log.clone();
+                shutdown::run_until_signalled(c, &log, storepulse_rules::run).await
+            }
+            Service::Forecaster => {
+                let c = storepulse_forecaster::config(&src)?;
+                let log = c.log.clone();
+                shutdown::run_until_signalled(c, &log, storepulse_forecaster::run).await
+            }
+            Service::Notifier => {
+                let c = storepulse_notifier::config(&src)?;
+                let log = c.log.clone();
+                shutdown::run_until_signalled(c, &log, storepulse_notifier::run).await
+            }
+        },
         Command::InstallBroker => {
             let p = storepulse::local_stack::ensure_nisshi()?;
             println!("{}", p.display());

@@ -4,8 +4,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use storepulse_compactor::{CompactorConfig, run};
-use storepulse_runtime::{ConfigSource, shutdown, telemetry};
-use tokio_util::sync::CancellationToken;
+use storepulse_runtime::{ConfigSource, shutdown};
 
 /// Consumes pos.sales.v1, pos.inventory.v1, pos.device.v1, sensor.readings.v1 and
 /// ingest.rejected.v1 and writes them to the Postgres read store exactly once (rows
@@ -26,8 +25,6 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let config = CompactorConfig::from_source(&ConfigSource::load(args.config.as_deref())?)?;
-    telemetry::init_tracing(&config.log);
-    let token = CancellationToken::new();
-    shutdown::cancel_on_signals(token.clone());
-    run(config, token).await
+    let log = config.log.clone();
+    shutdown::run_until_signalled(config, &log, run).await
 }

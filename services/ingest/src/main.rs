@@ -4,8 +4,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use storepulse_ingest::{IngestConfig, run};
-use storepulse_runtime::{ConfigSource, shutdown, telemetry};
-use tokio_util::sync::CancellationToken;
+use storepulse_runtime::{ConfigSource, shutdown};
 
 /// Serves POST /v1/events: JSON batches of POS and sensor events, authenticated by
 /// per-store API keys (see `storepulse keys`). Valid events are published as Avro to
@@ -27,8 +26,6 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let config = IngestConfig::from_source(&ConfigSource::load(args.config.as_deref())?)?;
-    telemetry::init_tracing(&config.log);
-    let token = CancellationToken::new();
-    shutdown::cancel_on_signals(token.clone());
-    run(config, token).await
+    let log = config.log.clone();
+    shutdown::run_until_signalled(config, &log, run).await
 }

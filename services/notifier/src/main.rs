@@ -3,8 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Parser;
-use storepulse_runtime::{ConfigSource, shutdown, telemetry};
-use tokio_util::sync::CancellationToken;
+use storepulse_runtime::{ConfigSource, shutdown};
 
 /// Alert notifier. Will route alert transitions to webhook, WhatsApp Business, email and Slack receivers, recording outcomes on notifications.v1.
 ///
@@ -26,8 +25,6 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let config = storepulse_notifier::config(&ConfigSource::load(args.config.as_deref())?)?;
-    telemetry::init_tracing(&config.log);
-    let token = CancellationToken::new();
-    shutdown::cancel_on_signals(token.clone());
-    storepulse_notifier::run(config, token).await
+    let log = config.log.clone();
+    shutdown::run_until_signalled(config, &log, storepulse_notifier::run).await
 }

@@ -13,6 +13,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::config::LogConfig;
+
 /// Boxed error a task may end with.
 pub type TaskError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -114,6 +116,19 @@ impl ServiceTasks {
             None => Ok(()),
         }
     }
+}
+
+/// What every service binary does once its configuration is loaded: install the
+/// tracing subscriber, turn SIGTERM/SIGINT into cancellation, and run the service.
+pub async fn run_until_signalled<C, F, Fut, E>(config: C, log: &LogConfig, run: F) -> Result<(), E>
+where
+    F: FnOnce(C, CancellationToken) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+{
+    crate::telemetry::init_tracing(log);
+    let token = CancellationToken::new();
+    cancel_on_signals(token.clone());
+    run(config, token).await
 }
 
 /// Cancels `token` on SIGTERM or SIGINT. A second signal exits the process at once.
