@@ -2,6 +2,8 @@
 # Installs what the local stack and the tests need, skipping what is present:
 #   - the nisshi Kafka-protocol broker (cargo +nightly, --locked; one-time, ~20 min)
 #   - the PostgreSQL server binaries (Debian package, only when missing)
+#   - Python's fastavro (PyPI, only when missing): the independent Avro implementation
+#     the codec interop test (services/runtime/tests/fastavro_interop.rs) checks against
 set -euo pipefail
 
 NISSHI_VERSION=0.8.1
@@ -27,4 +29,12 @@ elif [ "$(id -u)" = 0 ]; then
 else
   echo "PostgreSQL server binaries missing: install postgresql (or set STOREPULSE_PG_BIN)" >&2
   exit 1
+fi
+
+# fastavro: the codec's interop test fails without it (it does not skip).
+if python3 -c 'import fastavro' >/dev/null 2>&1; then
+  echo "fastavro: installed"
+else
+  echo "fastavro: installing from PyPI ..."
+  python3 -m pip install --quiet fastavro
 fi
