@@ -1,6 +1,8 @@
 INSERT INTO sales (event_id, tenant_id, store_id, occurred_at, received_at, source, kind,
-                   transaction_id, terminal_id, currency, total_minor, original_transaction_id)
+                   transaction_id, terminal_id, currency, total_minor, original_transaction_id,
+                   content_hash)
 SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[],
                      $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::bigint[],
-                     $12::text[])
-ON CONFLICT (event_id) DO NOTHING
+                     $12::text[], $13::bytea[])
+ON CONFLICT (tenant_id, store_id, event_id) DO NOTHING
+RETURNING tenant_id, store_id, event_id

@@ -13,13 +13,14 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use storepulse_runtime::config::{ConfigError, ConfigSource, Validate, invalid};
 use storepulse_runtime::consumer::{BatchConsumer, ConsumerSettings};
+use storepulse_runtime::schema_registry::{self, SchemaRegistry};
 use storepulse_runtime::{
     AvroCodec, ConsumerMetrics, DeadLetters, EventProducer, KafkaConfig, LogConfig, PostgresConfig,
     ProducerMetrics, ServiceTasks, db, kafka, ops_http, telemetry,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 pub use writer::{INPUT_TOPICS, ReadStoreWriter};
 
@@ -95,9 +96,9 @@ pub async fn run_with_listener(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let registry = telemetry::service_registry("compactor");
-    let producer_metrics = ProducerMetrics::register(&registry)?;
-    let consumer_metrics = ConsumerMetrics::register(&registry)?;
+    let metrics_registry = telemetry::service_registry("compactor");
+    let producer_metrics = ProducerMetrics::register(&metrics_registry)?;
+    let consumer_metrics = ConsumerMetrics::register(&metrics_registry)?;
     let pool = db::pool(&config.postgres)?;
     let applied = db::migrate(&pool).await?;
     info!(?applied, "read store schema is current");
@@ -110,11 +111,15 @@ pub async fn run_with_listener(
         producer_metrics,
     )?;
     let dead_letters = DeadLetters::new(producer.clone(), "compactor");
+    if let Err(e) = schema_registry::publish_bundled(&producer).await {
+        warn!(error = %e, "could not publish this build's schemas to the schema registry");
+    }
+    let registry = SchemaRegistry::new(codec.clone(), &config.kafka);
     let writer = ReadStoreWriter::new(
         pool.clone(),
         codec,
         config.compactor.group_id.clone(),
-        &registry,
+        &metrics_registry,
     )?;
     let settings = ConsumerSettings {
         group_id: config.compactor.group_id.clone(),
@@ -127,12 +132,17 @@ pub async fn run_with_listener(
         settings,
         writer,
         dead_letters,
+        registry,
         consumer_metrics,
     )?;
 
     let router = ops_http::ops_router(
-        registry,
-        vec![kafka::readiness(&config.kafka), db::readiness(pool)],
+        metrics_registry,
+        vec![
+            kafka::readiness(&config.kafka),
+            db::readiness(pool),
+            consumer.health().readiness(),
+        ],
     );
     info!(addr = %listener.local_addr()?, group = %config.compactor.group_id, "compactor running");
     let mut tasks = ServiceTasks::new(&shutdown);

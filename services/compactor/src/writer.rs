@@ -5,21 +5,32 @@
 //! - the stored offset of each partition is locked (`FOR UPDATE`) and records below it
 //!   are skipped, so a batch re-read after a crash (or by a new partition owner) is
 //!   not applied twice;
-//! - every raw table is keyed by `event_id` with `ON CONFLICT DO NOTHING`, so the same
-//!   event published twice (a client retry) is one row.
+//! - every raw table is keyed by the scoped idempotency key
+//!   `(tenant_id, store_id, event_id)` with `ON CONFLICT DO NOTHING`, so the same
+//!   event published twice (a client retry) is one row. Each row keeps a content
+//!   hash; a record that reuses a stored key with a different payload is not
+//!   applied, counted (`storepulse_compactor_event_id_conflicts_total`) and recorded
+//!   in `event_id_conflicts` with its coordinates.
+//!
+//! A value Postgres refuses fails the batch with a data error, which the consumer
+//! loop treats as [`Failure::Poison`]: it splits the batch until the record at fault
+//! is alone and dead-letters it with the database's reason.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
-use deadpool_postgres::Pool;
+use deadpool_postgres::{Pool, Transaction};
 use prometheus::{IntCounterVec, Opts, Registry};
+use sha2::{Digest, Sha256};
 use storepulse_runtime::avro::AvroCodec;
-use storepulse_runtime::consumer::{Batch, BatchProcessor, ConsumedRecord};
-use storepulse_runtime::dead_letter::Rejection;
+use storepulse_runtime::consumer::{Batch, BatchProcessor, ConsumedRecord, Failure, Positioned};
+use storepulse_runtime::dead_letter::{Rejection, storable_text};
 use storepulse_runtime::records::{
-    Envelope, InventoryChange, InventoryChangeKind, PosHeartbeat, Record, RejectedRecord, SaleKind,
-    SaleTransaction, SensorReading, from_micros, topic,
+    Envelope, InventoryChange, PosHeartbeat, Record, RejectedRecord, SaleTransaction,
+    SensorReading, from_micros, topic,
 };
+use storepulse_runtime::vocabulary::Vocabulary;
+use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 /// The topics the compactor folds into the read store.
@@ -31,14 +42,87 @@ pub const INPUT_TOPICS: [&str; 5] = [
     topic::REJECTED,
 ];
 
-/// A decoded input record.
+/// A decoded input record with its idempotency key and content hash.
 #[derive(Debug, Clone)]
-pub enum RawEvent {
+pub struct RawEvent {
+    pub id: Uuid,
+    /// SHA-256 of the record encoded with `received_at` zeroed: equal for a retry of
+    /// the same event, different for another payload under the same id.
+    pub content_hash: Vec<u8>,
+    pub body: RawBody,
+}
+
+/// What a raw event is.
+#[derive(Debug, Clone)]
+pub enum RawBody {
     Sale(SaleTransaction),
     Inventory(InventoryChange),
     Heartbeat(PosHeartbeat),
     Sensor(SensorReading),
     Rejected(RejectedRecord),
+}
+
+impl RawBody {
+    fn envelope(&self) -> &Envelope {
+        match self {
+            RawBody::Sale(r) => &r.envelope,
+            RawBody::Inventory(r) => &r.envelope,
+            RawBody::Heartbeat(r) => &r.envelope,
+            RawBody::Sensor(r) => &r.envelope,
+            RawBody::Rejected(r) => &r.envelope,
+        }
+    }
+
+    /// The raw table the event lands in.
+    fn relation(&self) -> Relation {
+        match self {
+            RawBody::Sale(_) => Relation::Sales,
+            RawBody::Inventory(_) => Relation::Inventory,
+            RawBody::Heartbeat(_) => Relation::Heartbeats,
+            RawBody::Sensor(_) => Relation::Sensor,
+            RawBody::Rejected(_) => Relation::Rejected,
+        }
+    }
+}
+
+/// The raw event tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Relation {
+    Sales,
+    Inventory,
+    Heartbeats,
+    Sensor,
+    Rejected,
+}
+
+impl Relation {
+    const ALL: [Relation; 5] = [
+        Relation::Sales,
+        Relation::Inventory,
+        Relation::Heartbeats,
+        Relation::Sensor,
+        Relation::Rejected,
+    ];
+
+    fn table(self) -> &'static str {
+        match self {
+            Relation::Sales => "sales",
+            Relation::Inventory => "inventory_changes",
+            Relation::Heartbeats => "pos_heartbeats",
+            Relation::Sensor => "sensor_readings",
+            Relation::Rejected => "rejected_events",
+        }
+    }
+
+    fn insert_sql(self) -> &'static str {
+        match self {
+            Relation::Sales => include_str!("../sql/insert_sales.sql"),
+            Relation::Inventory => include_str!("../sql/insert_inventory.sql"),
+            Relation::Heartbeats => include_str!("../sql/insert_heartbeats.sql"),
+            Relation::Sensor => include_str!("../sql/insert_sensor_readings.sql"),
+            Relation::Rejected => include_str!("../sql/insert_rejected.sql"),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -49,29 +133,160 @@ pub enum WriteError {
     Pool(#[from] deadpool_postgres::PoolError),
 }
 
-/// Columns shared by the raw tables, as parallel arrays for `unnest`.
-#[derive(Default)]
-struct EnvelopeColumns {
-    event_id: Vec<Uuid>,
-    tenant_id: Vec<String>,
-    store_id: Vec<String>,
-    occurred_at: Vec<DateTime<Utc>>,
-    received_at: Vec<DateTime<Utc>>,
-    source: Vec<String>,
+/// The scoped idempotency key of an event.
+type EventKey = (String, String, Uuid);
+
+/// One row to insert, with where it came from.
+struct Row<'a> {
+    at: &'a Positioned<RawEvent>,
+    key: EventKey,
 }
 
-impl EnvelopeColumns {
-    fn push(&mut self, e: &Envelope, id: Uuid) {
-        self.event_id.push(id);
-        self.tenant_id.push(e.tenant_id.clone());
-        self.store_id.push(e.store_id.clone());
-        self.occurred_at.push(from_micros(e.occurred_at));
-        self.received_at.push(from_micros(e.received_at));
-        self.source.push(e.source.clone());
+/// A record that reused a stored key with another payload.
+struct Conflict {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    key: EventKey,
+    relation: Relation,
+    stored_hash: Option<Vec<u8>>,
+    conflicting_hash: Vec<u8>,
+}
+
+/// Query parameters built from rows.
+type Params = Vec<Box<dyn ToSql + Sync + Send>>;
+
+fn refs(params: &Params) -> Vec<&(dyn ToSql + Sync)> {
+    params
+        .iter()
+        .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+        .collect()
+}
+
+/// The envelope columns shared by every raw table, in their SQL order.
+fn envelope_columns(rows: &[Row<'_>]) -> Params {
+    fn env<'r>(r: &'r Row<'_>) -> &'r Envelope {
+        r.at.item.body.envelope()
     }
-    fn len(&self) -> usize {
-        self.event_id.len()
+    vec![
+        Box::new(rows.iter().map(|r| r.key.2).collect::<Vec<Uuid>>()),
+        Box::new(rows.iter().map(|r| r.key.0.clone()).collect::<Vec<_>>()),
+        Box::new(rows.iter().map(|r| r.key.1.clone()).collect::<Vec<_>>()),
+        Box::new(
+            rows.iter()
+                .map(|r| from_micros(env(r).occurred_at))
+                .collect::<Vec<DateTime<Utc>>>(),
+        ),
+        Box::new(
+            rows.iter()
+                .map(|r| from_micros(env(r).received_at))
+                .collect::<Vec<DateTime<Utc>>>(),
+        ),
+        Box::new(rows.iter().map(|r| env(r).source.clone()).collect::<Vec<_>>()),
+    ]
+}
+
+fn column<'a, T, F>(rows: &[Row<'a>], f: F) -> Box<dyn ToSql + Sync + Send>
+where
+    T: ToSql + Sync + Send + 'static,
+    Vec<T>: ToSql + Sync + Send,
+    F: Fn(&'a RawBody) -> Option<T>,
+{
+    Box::new(
+        rows.iter()
+            .filter_map(|r| f(&r.at.item.body))
+            .collect::<Vec<T>>(),
+    )
+}
+
+fn sale(b: &RawBody) -> Option<&SaleTransaction> {
+    match b {
+        RawBody::Sale(s) => Some(s),
+        _ => None,
     }
+}
+fn inv(b: &RawBody) -> Option<&InventoryChange> {
+    match b {
+        RawBody::Inventory(c) => Some(c),
+        _ => None,
+    }
+}
+fn hb(b: &RawBody) -> Option<&PosHeartbeat> {
+    match b {
+        RawBody::Heartbeat(h) => Some(h),
+        _ => None,
+    }
+}
+fn sr(b: &RawBody) -> Option<&SensorReading> {
+    match b {
+        RawBody::Sensor(r) => Some(r),
+        _ => None,
+    }
+}
+fn rj(b: &RawBody) -> Option<&RejectedRecord> {
+    match b {
+        RawBody::Rejected(r) => Some(r),
+        _ => None,
+    }
+}
+
+/// The parameters of `relation`'s insert statement.
+fn insert_params(relation: Relation, rows: &[Row<'_>]) -> Params {
+    let mut p = envelope_columns(rows);
+    match relation {
+        Relation::Sales => {
+            p.push(column(rows, |b| sale(b).map(|s| s.kind.as_str())));
+            p.push(column(rows, |b| sale(b).map(|s| s.transaction_id.clone())));
+            p.push(column(rows, |b| sale(b).map(|s| s.terminal_id.clone())));
+            p.push(column(rows, |b| sale(b).map(|s| s.currency.clone())));
+            p.push(column(rows, |b| sale(b).map(|s| s.total_minor)));
+            p.push(column(rows, |b| {
+                sale(b).map(|s| s.original_transaction_id.clone())
+            }));
+        }
+        Relation::Inventory => {
+            p.push(column(rows, |b| inv(b).map(|c| c.kind.as_str())));
+            p.push(column(rows, |b| inv(b).map(|c| c.sku.clone())));
+            p.push(column(rows, |b| inv(b).map(|c| c.quantity)));
+            p.push(column(rows, |b| {
+                inv(b).map(|c| c.reason.map(|r| r.as_str()))
+            }));
+        }
+        Relation::Heartbeats => {
+            p.push(column(rows, |b| hb(b).map(|h| h.terminal_id.clone())));
+            p.push(column(rows, |b| hb(b).map(|h| h.app_up)));
+            p.push(column(rows, |b| hb(b).map(|h| h.printer.as_str())));
+            p.push(column(rows, |b| hb(b).map(|h| h.network.as_str())));
+            p.push(column(rows, |b| hb(b).map(|h| h.software_version.clone())));
+        }
+        Relation::Sensor => {
+            p.push(column(rows, |b| sr(b).map(|r| r.device_id.clone())));
+            p.push(column(rows, |b| sr(b).map(|r| r.kind.as_str())));
+            p.push(column(rows, |b| sr(b).map(|r| r.value)));
+            p.push(column(rows, |b| sr(b).map(|r| r.unit.as_str())));
+            p.push(column(rows, |b| sr(b).map(|r| r.appliance.clone())));
+        }
+        Relation::Rejected => {
+            // Dead letters are diagnostics and must always be storable: NULs in
+            // their texts become U+FFFD (the original bytes are kept as they were).
+            let text = |s: &str| storable_text(s).into_owned();
+            p.push(column(rows, |b| rj(b).map(|r| text(&r.reason))));
+            p.push(column(rows, |b| rj(b).map(|r| r.field.as_deref().map(text))));
+            p.push(column(rows, |b| rj(b).map(|r| r.original.0.clone())));
+            p.push(column(rows, |b| rj(b).map(|r| r.original_event_id.as_deref().map(text))));
+            p.push(column(rows, |b| rj(b).map(|r| r.source_topic.as_deref().map(text))));
+            p.push(column(rows, |b| rj(b).map(|r| r.source_partition)));
+            p.push(column(rows, |b| rj(b).map(|r| r.source_offset)));
+            p.push(column(rows, |b| rj(b).map(|r| r.original_length)));
+            p.push(column(rows, |b| rj(b).map(|r| r.original_sha256.as_deref().map(text))));
+        }
+    }
+    p.push(Box::new(
+        rows.iter()
+            .map(|r| r.at.item.content_hash.clone())
+            .collect::<Vec<Vec<u8>>>(),
+    ));
+    p
 }
 
 /// Writes batches of raw events to Postgres with their offsets.
@@ -83,8 +298,11 @@ pub struct ReadStoreWriter {
     group_id: String,
     /// `storepulse_compactor_rows_written_total{table}`.
     rows_written: IntCounterVec,
-    /// `storepulse_compactor_records_skipped_total{reason}`: already applied.
+    /// `storepulse_compactor_records_skipped_total{reason}`: already applied, or a
+    /// repeat of an event in the same batch.
     skipped: IntCounterVec,
+    /// `storepulse_compactor_event_id_conflicts_total{table}`.
+    conflicts: IntCounterVec,
 }
 
 impl ReadStoreWriter {
@@ -108,42 +326,292 @@ impl ReadStoreWriter {
             ),
             &["reason"],
         )?;
+        let conflicts = IntCounterVec::new(
+            Opts::new(
+                "compactor_event_id_conflicts_total",
+                "Records that reused a stored event id with a different payload (not applied; see event_id_conflicts)",
+            ),
+            &["table"],
+        )?;
         registry.register(Box::new(rows_written.clone()))?;
         registry.register(Box::new(skipped.clone()))?;
+        registry.register(Box::new(conflicts.clone()))?;
         Ok(Self {
             pool,
             codec,
             group_id,
             rows_written,
             skipped,
+            conflicts,
         })
     }
 
-    /// Runs one bulk insert and counts the rows it added.
+    /// Locks the stored offsets of the batch's partitions; returns them.
+    async fn lock_offsets(
+        &self,
+        tx: &Transaction<'_>,
+        batch: &Batch<RawEvent>,
+    ) -> Result<BTreeMap<(String, i32), i64>, WriteError> {
+        let keys: Vec<(&String, i32)> = batch.next_offsets.keys().map(|(t, p)| (t, *p)).collect();
+        let topics: Vec<&str> = keys.iter().map(|(t, _)| t.as_str()).collect();
+        let partitions: Vec<i32> = keys.iter().map(|(_, p)| *p).collect();
+        let lock = tx
+            .prepare_cached(include_str!("../sql/lock_offsets.sql"))
+            .await?;
+        let rows = tx
+            .query(&lock, &[&self.group_id, &topics, &partitions])
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| ((r.get::<_, String>(0), r.get::<_, i32>(1)), r.get(2)))
+            .collect())
+    }
+
+    /// Stores the batch's next offsets, all partitions in one statement.
+    async fn store_offsets(
+        &self,
+        tx: &Transaction<'_>,
+        batch: &Batch<RawEvent>,
+    ) -> Result<(), WriteError> {
+        let topics: Vec<&str> = batch.next_offsets.keys().map(|(t, _)| t.as_str()).collect();
+        let partitions: Vec<i32> = batch.next_offsets.keys().map(|(_, p)| *p).collect();
+        let next: Vec<i64> = batch.next_offsets.values().copied().collect();
+        let store = tx
+            .prepare_cached(include_str!("../sql/store_offsets.sql"))
+            .await?;
+        tx.execute(&store, &[&self.group_id, &topics, &partitions, &next])
+            .await?;
+        Ok(())
+    }
+
+    /// Inserts `rows` into `relation`; returns the keys actually inserted and adds
+    /// the rows whose key was stored with another payload to `conflicts`.
     async fn insert(
         &self,
-        tx: &deadpool_postgres::Transaction<'_>,
-        table: &'static str,
-        sql: &str,
-        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+        tx: &Transaction<'_>,
+        relation: Relation,
+        rows: &[Row<'_>],
+        conflicts: &mut Vec<Conflict>,
+    ) -> Result<HashSet<EventKey>, WriteError> {
+        let params = insert_params(relation, rows);
+        let stmt = tx.prepare_cached(relation.insert_sql()).await?;
+        let inserted: HashSet<EventKey> = tx
+            .query(&stmt, &refs(&params))
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect();
+        self.rows_written
+            .with_label_values(&[relation.table()])
+            .inc_by(inserted.len() as u64);
+
+        let existing: Vec<&Row<'_>> = rows.iter().filter(|r| !inserted.contains(&r.key)).collect();
+        if existing.is_empty() {
+            return Ok(inserted);
+        }
+        let sql = include_str!("../sql/stored_hashes.sql").replace("{relation}", relation.table());
+        let stmt = tx.prepare_cached(&sql).await?;
+        let tenants: Vec<&str> = existing.iter().map(|r| r.key.0.as_str()).collect();
+        let stores: Vec<&str> = existing.iter().map(|r| r.key.1.as_str()).collect();
+        let ids: Vec<Uuid> = existing.iter().map(|r| r.key.2).collect();
+        let stored: HashMap<EventKey, Option<Vec<u8>>> = tx
+            .query(&stmt, &[&tenants, &stores, &ids])
+            .await?
+            .iter()
+            .map(|r| ((r.get(0), r.get(1), r.get(2)), r.get(3)))
+            .collect();
+        let mut retries = 0u64;
+        for row in existing {
+            let stored_hash = stored.get(&row.key).cloned().flatten();
+            // Rows stored before content hashes existed compare as equal.
+            if stored_hash
+                .as_ref()
+                .is_none_or(|h| *h == row.at.item.content_hash)
+            {
+                retries += 1;
+                continue;
+            }
+            conflicts.push(Conflict {
+                topic: row.at.topic.clone(),
+                partition: row.at.partition,
+                offset: row.at.offset,
+                key: row.key.clone(),
+                relation,
+                stored_hash,
+                conflicting_hash: row.at.item.content_hash.clone(),
+            });
+        }
+        if retries > 0 {
+            self.skipped
+                .with_label_values(&["event_already_stored"])
+                .inc_by(retries);
+        }
+        Ok(inserted)
+    }
+
+    /// Inserts the lines of the sales that were inserted (never of a conflicting one).
+    async fn insert_lines(
+        &self,
+        tx: &Transaction<'_>,
+        sales: &[Row<'_>],
+        inserted: &HashSet<EventKey>,
     ) -> Result<(), WriteError> {
-        let n = tx.execute(sql, params).await?;
-        self.rows_written.with_label_values(&[table]).inc_by(n);
+        let mut ids = Vec::new();
+        let mut line_no = Vec::new();
+        let mut tenants = Vec::new();
+        let mut stores = Vec::new();
+        let mut occurred = Vec::new();
+        let mut skus = Vec::new();
+        let mut qty = Vec::new();
+        let mut price = Vec::new();
+        for row in sales.iter().filter(|r| inserted.contains(&r.key)) {
+            let RawBody::Sale(s) = &row.at.item.body else {
+                continue;
+            };
+            for (n, line) in s.lines.iter().enumerate() {
+                ids.push(row.key.2);
+                line_no.push(n as i32);
+                tenants.push(row.key.0.as_str());
+                stores.push(row.key.1.as_str());
+                occurred.push(from_micros(s.envelope.occurred_at));
+                skus.push(line.sku.as_str());
+                qty.push(line.quantity);
+                price.push(line.unit_price_minor);
+            }
+        }
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let stmt = tx
+            .prepare_cached(include_str!("../sql/insert_sale_lines.sql"))
+            .await?;
+        let n = tx
+            .execute(
+                &stmt,
+                &[
+                    &ids, &line_no, &tenants, &stores, &occurred, &skus, &qty, &price,
+                ],
+            )
+            .await?;
+        self.rows_written
+            .with_label_values(&["sale_lines"])
+            .inc_by(n);
+        Ok(())
+    }
+
+    async fn record_conflicts(
+        &self,
+        tx: &Transaction<'_>,
+        conflicts: &[Conflict],
+    ) -> Result<(), WriteError> {
+        if conflicts.is_empty() {
+            return Ok(());
+        }
+        let stmt = tx
+            .prepare_cached(include_str!("../sql/insert_conflicts.sql"))
+            .await?;
+        let topics: Vec<&str> = conflicts.iter().map(|c| c.topic.as_str()).collect();
+        let partitions: Vec<i32> = conflicts.iter().map(|c| c.partition).collect();
+        let offsets: Vec<i64> = conflicts.iter().map(|c| c.offset).collect();
+        let tenants: Vec<&str> = conflicts.iter().map(|c| c.key.0.as_str()).collect();
+        let stores: Vec<&str> = conflicts.iter().map(|c| c.key.1.as_str()).collect();
+        let ids: Vec<Uuid> = conflicts.iter().map(|c| c.key.2).collect();
+        let relations: Vec<&str> = conflicts.iter().map(|c| c.relation.table()).collect();
+        let stored: Vec<Option<&[u8]>> = conflicts
+            .iter()
+            .map(|c| c.stored_hash.as_deref())
+            .collect();
+        let conflicting: Vec<&[u8]> = conflicts
+            .iter()
+            .map(|c| c.conflicting_hash.as_slice())
+            .collect();
+        tx.execute(
+            &stmt,
+            &[
+                &topics,
+                &partitions,
+                &offsets,
+                &tenants,
+                &stores,
+                &ids,
+                &relations,
+                &stored,
+                &conflicting,
+            ],
+        )
+        .await?;
+        for c in conflicts {
+            tracing::warn!(
+                table = c.relation.table(),
+                tenant = %c.key.0, store = %c.key.1, event_id = %c.key.2,
+                topic = %c.topic, partition = c.partition, offset = c.offset,
+                "event id reused with a different payload; the first stands, this one is recorded in event_id_conflicts"
+            );
+            self.conflicts
+                .with_label_values(&[c.relation.table()])
+                .inc();
+        }
         Ok(())
     }
 }
 
-fn event_uuid(e: &Envelope) -> Result<Uuid, Rejection> {
-    Uuid::parse_str(&e.event_id)
-        .map_err(|_| Rejection::field("envelope.event_id", format!("not a UUID: {:?}", e.event_id)))
+/// Checks what the read store needs of an envelope: a UUID id (not nil) and
+/// representable times.
+fn check_envelope(e: &Envelope) -> Result<Uuid, Rejection> {
+    let id = Uuid::parse_str(&e.event_id).map_err(|_| {
+        Rejection::field("envelope.event_id", format!("not a UUID: {:?}", e.event_id))
+    })?;
+    if id.is_nil() {
+        return Err(Rejection::field(
+            "envelope.event_id",
+            "the nil UUID is not an event id",
+        ));
+    }
+    for (field, us) in [
+        ("envelope.occurred_at", e.occurred_at),
+        ("envelope.received_at", e.received_at),
+    ] {
+        if DateTime::from_timestamp_micros(us).is_none() {
+            return Err(Rejection::field(
+                field,
+                format!("{us} µs since the epoch is not a representable time"),
+            ));
+        }
+    }
+    Ok(id)
 }
 
-fn decode_as<T: Record>(codec: &AvroCodec, rec: &ConsumedRecord) -> Result<T, Rejection> {
+/// Content hash of a record: its encoding with `received_at` zeroed (a retry is
+/// received again, later, but is the same event).
+fn content_hash<T: Record + Clone>(
+    codec: &AvroCodec,
+    record: &T,
+    zero_received: impl FnOnce(&mut T),
+) -> Result<Vec<u8>, Rejection> {
+    let mut copy = record.clone();
+    zero_received(&mut copy);
+    let bytes = codec
+        .encode(&copy)
+        .map_err(|e| Rejection::whole(format!("cannot re-encode {}: {e}", T::TOPIC)))?;
+    Ok(Sha256::digest(&bytes).to_vec())
+}
+
+fn decode_as<T: Record + Clone>(
+    codec: &AvroCodec,
+    rec: &ConsumedRecord,
+    wrap: fn(T) -> RawBody,
+    envelope_mut: fn(&mut T) -> &mut Envelope,
+) -> Result<RawEvent, Rejection> {
     let value: T = codec
         .decode(&rec.payload)
         .map_err(|e| Rejection::whole(format!("undecodable {}: {e}", T::TOPIC)))?;
-    event_uuid(value.envelope())?;
-    Ok(value)
+    let id = check_envelope(value.envelope())?;
+    let content_hash = content_hash(codec, &value, |v| envelope_mut(v).received_at = 0)?;
+    Ok(RawEvent {
+        id,
+        content_hash,
+        body: wrap(value),
+    })
 }
 
 impl BatchProcessor for ReadStoreWriter {
@@ -152,294 +620,133 @@ impl BatchProcessor for ReadStoreWriter {
 
     fn decode(&self, rec: &ConsumedRecord) -> Result<RawEvent, Rejection> {
         let c = &self.codec;
-        Ok(match rec.topic.as_str() {
-            topic::SALES => RawEvent::Sale(decode_as(c, rec)?),
-            topic::INVENTORY => RawEvent::Inventory(decode_as(c, rec)?),
-            topic::DEVICE => RawEvent::Heartbeat(decode_as(c, rec)?),
-            topic::SENSOR_READINGS => RawEvent::Sensor(decode_as(c, rec)?),
-            topic::REJECTED => RawEvent::Rejected(decode_as(c, rec)?),
-            other => {
-                return Err(Rejection::whole(format!(
-                    "compactor does not read topic {other}"
-                )));
+        match rec.topic.as_str() {
+            topic::SALES => decode_as(c, rec, RawBody::Sale, |r: &mut SaleTransaction| {
+                &mut r.envelope
+            }),
+            topic::INVENTORY => decode_as(c, rec, RawBody::Inventory, |r: &mut InventoryChange| {
+                &mut r.envelope
+            }),
+            topic::DEVICE => decode_as(c, rec, RawBody::Heartbeat, |r: &mut PosHeartbeat| {
+                &mut r.envelope
+            }),
+            topic::SENSOR_READINGS => {
+                decode_as(c, rec, RawBody::Sensor, |r: &mut SensorReading| {
+                    &mut r.envelope
+                })
             }
-        })
+            topic::REJECTED => decode_as(c, rec, RawBody::Rejected, |r: &mut RejectedRecord| {
+                &mut r.envelope
+            }),
+            other => Err(Rejection::whole(format!(
+                "compactor does not read topic {other}"
+            ))),
+        }
     }
 
     async fn apply(&mut self, batch: &Batch<RawEvent>) -> Result<(), WriteError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
+        let stored = self.lock_offsets(&tx, batch).await?;
 
-        let mut stored: BTreeMap<(&str, i32), i64> = BTreeMap::new();
-        let lock = tx
-            .prepare_cached(include_str!("../sql/lock_offset.sql"))
-            .await?;
-        for (topic, partition) in batch.next_offsets.keys() {
-            let row = tx
-                .query_opt(&lock, &[&self.group_id, topic, partition])
-                .await?;
-            stored.insert((topic.as_str(), *partition), row.map_or(0, |r| r.get(0)));
-        }
-
-        let mut sales = EnvelopeColumns::default();
-        let (mut s_kind, mut s_txn, mut s_term, mut s_cur, mut s_total, mut s_orig) = (
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-        );
-        let mut lines = EnvelopeColumns::default();
-        let (mut l_no, mut l_sku, mut l_qty, mut l_price) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let mut inv = EnvelopeColumns::default();
-        let (mut i_kind, mut i_sku, mut i_qty, mut i_reason) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let mut hb = EnvelopeColumns::default();
-        let (mut h_term, mut h_up, mut h_printer, mut h_net, mut h_ver) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let mut sr = EnvelopeColumns::default();
-        let (mut r_dev, mut r_kind, mut r_val, mut r_unit, mut r_app) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let mut rj = EnvelopeColumns::default();
-        let (mut j_reason, mut j_field, mut j_orig, mut j_oid, mut j_topic, mut j_part, mut j_off) = (
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-        );
-
-        let mut already = 0u64;
+        // Guard 1: records below the stored offset were applied before. Then within
+        // the batch the first record of a key stands; a later one is a retry or a
+        // conflict.
+        let mut by_relation: BTreeMap<Relation, Vec<Row<'_>>> = BTreeMap::new();
+        let mut first: HashMap<(Relation, EventKey), &Positioned<RawEvent>> = HashMap::new();
+        let mut conflicts = Vec::new();
+        let (mut already, mut repeats) = (0u64, 0u64);
         for p in &batch.items {
-            if p.offset
-                < stored
-                    .get(&(p.topic.as_str(), p.partition))
-                    .copied()
-                    .unwrap_or(0)
-            {
+            let floor = stored
+                .get(&(p.topic.clone(), p.partition))
+                .copied()
+                .unwrap_or(0);
+            if p.offset < floor {
                 already += 1;
                 continue;
             }
-            // decode() guaranteed the id parses.
-            let id = |e: &Envelope| Uuid::parse_str(&e.event_id).unwrap_or_default();
-            match &p.item {
-                RawEvent::Sale(s) => {
-                    sales.push(&s.envelope, id(&s.envelope));
-                    s_kind.push(match s.kind {
-                        SaleKind::Sale => "sale",
-                        SaleKind::Refund => "refund",
-                        SaleKind::Void => "void",
+            let env = p.item.body.envelope();
+            let key = (env.tenant_id.clone(), env.store_id.clone(), p.item.id);
+            let relation = p.item.body.relation();
+            if let Some(earlier) = first.get(&(relation, key.clone())) {
+                if earlier.item.content_hash == p.item.content_hash {
+                    repeats += 1;
+                } else {
+                    conflicts.push(Conflict {
+                        topic: p.topic.clone(),
+                        partition: p.partition,
+                        offset: p.offset,
+                        key,
+                        relation,
+                        stored_hash: Some(earlier.item.content_hash.clone()),
+                        conflicting_hash: p.item.content_hash.clone(),
                     });
-                    s_txn.push(s.transaction_id.clone());
-                    s_term.push(s.terminal_id.clone());
-                    s_cur.push(s.currency.clone());
-                    s_total.push(s.total_minor);
-                    s_orig.push(s.original_transaction_id.clone());
-                    for (n, line) in s.lines.iter().enumerate() {
-                        lines.push(&s.envelope, id(&s.envelope));
-                        l_no.push(n as i32);
-                        l_sku.push(line.sku.clone());
-                        l_qty.push(line.quantity);
-                        l_price.push(line.unit_price_minor);
-                    }
                 }
-                RawEvent::Inventory(c) => {
-                    inv.push(&c.envelope, id(&c.envelope));
-                    i_kind.push(match c.kind {
-                        InventoryChangeKind::Snapshot => "snapshot",
-                        InventoryChangeKind::Adjustment => "adjustment",
-                    });
-                    i_sku.push(c.sku.clone());
-                    i_qty.push(c.quantity);
-                    i_reason.push(c.reason.map(|r| format!("{r:?}").to_lowercase()));
-                }
-                RawEvent::Heartbeat(h) => {
-                    hb.push(&h.envelope, id(&h.envelope));
-                    h_term.push(h.terminal_id.clone());
-                    h_up.push(h.app_up);
-                    h_printer.push(format!("{:?}", h.printer).to_lowercase());
-                    h_net.push(format!("{:?}", h.network).to_lowercase());
-                    h_ver.push(h.software_version.clone());
-                }
-                RawEvent::Sensor(r) => {
-                    sr.push(&r.envelope, id(&r.envelope));
-                    r_dev.push(r.device_id.clone());
-                    r_kind.push(format!("{:?}", r.kind).to_lowercase());
-                    r_val.push(r.value);
-                    r_unit.push(format!("{:?}", r.unit).to_lowercase());
-                    r_app.push(r.appliance.clone());
-                }
-                RawEvent::Rejected(r) => {
-                    rj.push(&r.envelope, id(&r.envelope));
-                    j_reason.push(r.reason.clone());
-                    j_field.push(r.field.clone());
-                    j_orig.push(r.original.0.clone());
-                    j_oid.push(r.original_event_id.clone());
-                    j_topic.push(r.source_topic.clone());
-                    j_part.push(r.source_partition);
-                    j_off.push(r.source_offset);
-                }
+                continue;
+            }
+            first.insert((relation, key.clone()), p);
+            by_relation
+                .entry(relation)
+                .or_default()
+                .push(Row { at: p, key });
+        }
+
+        // Guard 2: the scoped idempotency key.
+        for relation in Relation::ALL {
+            let Some(rows) = by_relation.get(&relation) else {
+                continue;
+            };
+            let inserted = self.insert(&tx, relation, rows, &mut conflicts).await?;
+            if relation == Relation::Sales {
+                self.insert_lines(&tx, rows, &inserted).await?;
             }
         }
-
-        if sales.len() > 0 {
-            self.insert(
-                &tx,
-                "sales",
-                include_str!("../sql/insert_sales.sql"),
-                &[
-                    &sales.event_id,
-                    &sales.tenant_id,
-                    &sales.store_id,
-                    &sales.occurred_at,
-                    &sales.received_at,
-                    &sales.source,
-                    &s_kind,
-                    &s_txn,
-                    &s_term,
-                    &s_cur,
-                    &s_total,
-                    &s_orig,
-                ],
-            )
-            .await?;
-            self.insert(
-                &tx,
-                "sale_lines",
-                include_str!("../sql/insert_sale_lines.sql"),
-                &[
-                    &lines.event_id,
-                    &l_no,
-                    &lines.tenant_id,
-                    &lines.store_id,
-                    &lines.occurred_at,
-                    &l_sku,
-                    &l_qty,
-                    &l_price,
-                ],
-            )
-            .await?;
-        }
-        if inv.len() > 0 {
-            self.insert(
-                &tx,
-                "inventory_changes",
-                include_str!("../sql/insert_inventory.sql"),
-                &[
-                    &inv.event_id,
-                    &inv.tenant_id,
-                    &inv.store_id,
-                    &inv.occurred_at,
-                    &inv.received_at,
-                    &inv.source,
-                    &i_kind,
-                    &i_sku,
-                    &i_qty,
-                    &i_reason,
-                ],
-            )
-            .await?;
-        }
-        if hb.len() > 0 {
-            self.insert(
-                &tx,
-                "pos_heartbeats",
-                include_str!("../sql/insert_heartbeats.sql"),
-                &[
-                    &hb.event_id,
-                    &hb.tenant_id,
-                    &hb.store_id,
-                    &hb.occurred_at,
-                    &hb.received_at,
-                    &hb.source,
-                    &h_term,
-                    &h_up,
-                    &h_printer,
-                    &h_net,
-                    &h_ver,
-                ],
-            )
-            .await?;
-        }
-        if sr.len() > 0 {
-            self.insert(
-                &tx,
-                "sensor_readings",
-                include_str!("../sql/insert_sensor_readings.sql"),
-                &[
-                    &sr.event_id,
-                    &sr.tenant_id,
-                    &sr.store_id,
-                    &sr.occurred_at,
-                    &sr.received_at,
-                    &sr.source,
-                    &r_dev,
-                    &r_kind,
-                    &r_val,
-                    &r_unit,
-                    &r_app,
-                ],
-            )
-            .await?;
-        }
-        if rj.len() > 0 {
-            self.insert(
-                &tx,
-                "rejected_events",
-                include_str!("../sql/insert_rejected.sql"),
-                &[
-                    &rj.event_id,
-                    &rj.tenant_id,
-                    &rj.store_id,
-                    &rj.occurred_at,
-                    &rj.received_at,
-                    &rj.source,
-                    &j_reason,
-                    &j_field,
-                    &j_orig,
-                    &j_oid,
-                    &j_topic,
-                    &j_part,
-                    &j_off,
-                ],
-            )
-            .await?;
-        }
-
-        let store = tx
-            .prepare_cached(include_str!("../sql/store_offset.sql"))
-            .await?;
-        for ((topic, partition), next) in &batch.next_offsets {
-            tx.execute(&store, &[&self.group_id, topic, partition, next])
-                .await?;
-        }
+        self.record_conflicts(&tx, &conflicts).await?;
+        self.store_offsets(&tx, batch).await?;
         tx.commit().await?;
         if already > 0 {
             self.skipped
                 .with_label_values(&["offset_already_applied"])
                 .inc_by(already);
         }
+        if repeats > 0 {
+            self.skipped
+                .with_label_values(&["repeated_in_batch"])
+                .inc_by(repeats);
+        }
         Ok(())
     }
 
-    fn is_retryable(&self, error: &WriteError) -> bool {
-        match error {
-            WriteError::Pool(_) => true,
-            WriteError::Postgres(e) => match e.code() {
-                // No SQLSTATE: the connection broke.
-                None => true,
-                Some(code) => {
-                    let c = code.code();
-                    c.starts_with("08")
-                        || c.starts_with("40")
-                        || c.starts_with("53")
-                        || c.starts_with("57P")
-                }
-            },
+    fn classify(&self, error: &WriteError) -> Failure {
+        let e = match error {
+            WriteError::Pool(deadpool_postgres::PoolError::Backend(e)) => e,
+            WriteError::Pool(_) => return Failure::Transient,
+            WriteError::Postgres(e) => e,
+        };
+        classify_postgres(e)
+    }
+}
+
+/// How a Postgres error bears on a batch: the connection (retry), the data (isolate
+/// the record), or the deployment (stop).
+pub fn classify_postgres(e: &tokio_postgres::Error) -> Failure {
+    let Some(code) = e.code() else {
+        // No SQLSTATE: the connection broke or could not be made.
+        return Failure::Transient;
+    };
+    let c = code.code();
+    match c {
+        // Connection exceptions; the server shutting down or starting.
+        _ if c.starts_with("08") => Failure::Transient,
+        "57P01" | "57P02" | "57P03" => Failure::Transient,
+        // The server asks for a retry: serialization failure, deadlock; and the
+        // session timeouts (statement_timeout, lock_timeout) under contention.
+        "40001" | "40P01" | "57014" | "55P03" => Failure::Transient,
+        // Data exceptions, integrity violations, program limits (a row too big):
+        // something in the batch cannot be stored.
+        _ if c.starts_with("22") || c.starts_with("23") || c.starts_with("54") => {
+            Failure::Poison
         }
+        _ => Failure::Fatal,
     }
 }

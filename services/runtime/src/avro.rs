@@ -34,7 +34,7 @@ use apache_avro::{Schema, from_avro_datum, from_value, to_avro_datum, to_value};
 use serde::Serialize;
 use serde_json::Value as Json;
 
-use crate::records::{Record, bundled_schemas};
+use crate::records::{Record, bundled_schemas, historical_schemas};
 
 /// The two marker bytes that open a single-object encoded datum.
 pub const SINGLE_OBJECT_MAGIC: [u8; 2] = [0xC3, 0x01];
@@ -260,6 +260,9 @@ impl AvroCodec {
         for schema in bundled_schemas() {
             codec.register(schema.clone());
         }
+        for schema in historical_schemas() {
+            codec.register(schema);
+        }
         codec
     }
 
@@ -284,6 +287,14 @@ impl AvroCodec {
         writers.insert(legacy, Arc::clone(&entry));
         writers.insert(fp, entry);
         fp
+    }
+
+    /// Whether `fp` names a writer schema this codec can read.
+    pub fn knows(&self, fp: &Fingerprint) -> bool {
+        self.writers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(fp)
     }
 
     /// Encodes `record` with its current schema.
@@ -383,6 +394,18 @@ fn encode_datum<T: Serialize>(
     Ok(out)
 }
 
+/// The fingerprint a hex string (as in [`CodecError::UnknownWriterSchema`]) names.
+pub fn parse_fingerprint_hex(hex: &str) -> Option<Fingerprint> {
+    if hex.len() != 16 {
+        return None;
+    }
+    let mut fp = [0u8; 8];
+    for (i, byte) in fp.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(fp)
+}
+
 fn hex_string(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -449,6 +472,8 @@ mod tests {
             source_topic: Some("pos.sales.v1".into()),
             source_partition: Some(3),
             source_offset: Some(42),
+            original_length: Some(7),
+            original_sha256: None,
         };
         let bytes = codec.encode(&rejected).expect("encode");
         assert_eq!(
@@ -575,7 +600,11 @@ mod tests {
         assert_eq!(wire::<SensorReading>(), "0cfa10d1e430bd1f");
         assert_eq!(wire::<InventoryChange>(), "d4671117db32536d");
         assert_eq!(wire::<PosHeartbeat>(), "87b1a3cfbfe44406");
-        assert_eq!(wire::<RejectedRecord>(), "b9b4440e7605838f");
+        // 0.2 added original_length/original_sha256; fastavro computes 249df994bc33d87e
+        // for the new file and b9b4440e7605838f for schemas/history/rejected_record.v1.0.avsc.
+        assert_eq!(wire::<RejectedRecord>(), "249df994bc33d87e");
+        let v1_0 = historical_schemas();
+        assert_eq!(hex_string(&fingerprint(&v1_0[0])), "b9b4440e7605838f");
         assert_eq!(wire::<AlertTransition>(), "810fdda769e9af60");
         assert_eq!(wire::<DemandForecast>(), "ccf0055463cd4699");
         assert_eq!(wire::<NotificationOutcome>(), "39496ea048fe0913");
@@ -765,6 +794,8 @@ mod tests {
             source_topic: optionals.then(|| "pos.sales.v1".into()),
             source_partition: optionals.then_some(i32::MAX),
             source_offset: optionals.then_some(i64::MIN),
+            original_length: optionals.then_some(3),
+            original_sha256: optionals.then(|| "ab".repeat(32)),
         }
     }
 

@@ -205,6 +205,12 @@ pub struct PostgresConfig {
     pub pool_size: usize,
     /// Bound on waiting for a connection, so a dead database fails requests fast.
     pub connect_timeout_ms: u64,
+    /// `statement_timeout` of every session: a statement running longer is cancelled
+    /// (a stuck write fails the batch instead of hanging the consumer). 0 = none.
+    pub statement_timeout_ms: u64,
+    /// `lock_timeout` of every session: waiting longer for a lock fails the statement.
+    /// 0 = none.
+    pub lock_timeout_ms: u64,
 }
 
 impl Default for PostgresConfig {
@@ -213,6 +219,8 @@ impl Default for PostgresConfig {
             url: "postgres://storepulse@127.0.0.1:5432/storepulse".into(),
             pool_size: 8,
             connect_timeout_ms: 5_000,
+            statement_timeout_ms: 30_000,
+            lock_timeout_ms: 10_000,
         }
     }
 }

@@ -4,29 +4,43 @@
 //! - records of a partition are handed to the processor in offset order;
 //! - a record that cannot be decoded goes to the dead-letter topic (acknowledged by
 //!   the broker) and the partition moves on;
+//! - a record the processor's store refuses ([`Failure::Poison`]) is isolated by
+//!   splitting the batch: the rest is applied, the bad record is dead-lettered with
+//!   the store's reason, and the partition moves on;
+//! - a record whose writer schema is unknown is never skipped: the loop reads the
+//!   schema registry; if the schema is still unknown it pauses that partition at that
+//!   record, reports not-ready naming the fingerprint, and resumes once the schema is
+//!   published;
+//! - a transient failure (the connection, not the data) is retried with backoff while
+//!   the consumer keeps polling with its partitions paused, so it stays in its group;
+//!   `/readyz` is false meanwhile;
 //! - offsets are committed to Kafka only after [`BatchProcessor::apply`] made the
 //!   batch durable — and processors that need exactness (the compactor) also store
 //!   them with their effects, see [`Batch::next_offsets`];
-//! - on shutdown the batch in hand is finished and committed before returning;
-//! - a retryable apply error is retried with backoff, never skipped.
+//! - on shutdown the batch in hand is finished and committed before returning.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::future::join_all;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
+use crate::avro::CodecError;
 use crate::config::KafkaConfig;
 use crate::dead_letter::{DeadLetters, RejectedFrom, Rejection};
 use crate::kafka::{ProduceError, client_config};
 use crate::metrics::ConsumerMetrics;
+use crate::ops_http::ReadinessCheck;
+use crate::schema_registry::SchemaRegistry;
 
 /// One record as read from Kafka.
 #[derive(Debug, Clone)]
@@ -57,6 +71,36 @@ pub struct Batch<I> {
     pub next_offsets: BTreeMap<(String, i32), i64>,
 }
 
+impl<I> Batch<I> {
+    /// A batch of `items` whose offsets cover exactly those items.
+    fn covering(items: Vec<Positioned<I>>) -> Self {
+        let mut next_offsets = BTreeMap::new();
+        for p in &items {
+            let next = next_offsets
+                .entry((p.topic.clone(), p.partition))
+                .or_insert(0);
+            *next = (*next).max(p.offset + 1);
+        }
+        Self {
+            items,
+            next_offsets,
+        }
+    }
+}
+
+/// What an apply error says about the batch, and so what the loop does with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The store could not be reached (a dropped connection, a restarting server):
+    /// the same batch is retried, with backoff, for as long as it takes.
+    Transient,
+    /// The store refused something in the batch (a value it cannot hold): the batch
+    /// is split until the refused record is alone, which is dead-lettered.
+    Poison,
+    /// A bug or misconfiguration (a missing table, no permission): the service stops.
+    Fatal,
+}
+
 /// What a consuming service does with its records.
 pub trait BatchProcessor: Send {
     type Item: Send + Sync;
@@ -65,18 +109,18 @@ pub trait BatchProcessor: Send {
     /// Decodes and validates one record. An `Err` sends it to the dead-letter topic.
     fn decode(&self, record: &ConsumedRecord) -> Result<Self::Item, Rejection>;
 
-    /// Makes the batch's effects durable. Called again with the same batch after a
-    /// retryable error, so it must be idempotent.
+    /// Makes the batch's effects durable, and records `next_offsets` if the processor
+    /// keeps its own. Must be idempotent: it is called again with the same batch after
+    /// a transient error, and after a [`Failure::Poison`] with parts of the batch (each
+    /// part's `next_offsets` covering its items) and finally with no items and the
+    /// whole batch's offsets.
     fn apply(
         &mut self,
         batch: &Batch<Self::Item>,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send;
 
-    /// Whether an apply error may go away by itself (a dropped connection) rather than
-    /// being a bug or misconfiguration that stops the service.
-    fn is_retryable(&self, _error: &Self::Error) -> bool {
-        true
-    }
+    /// How the loop treats an apply error.
+    fn classify(&self, error: &Self::Error) -> Failure;
 }
 
 /// How the loop consumes.
@@ -96,10 +140,52 @@ pub struct ConsumerSettings {
 pub enum ConsumerError {
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
-    #[error("dead-letter publish failed: {0}")]
+    #[error("dead-letter publish failed for good: {0}")]
     DeadLetter(#[from] ProduceError),
     #[error("applying a batch failed: {0}")]
     Apply(Box<dyn std::error::Error + Send + Sync>),
+    #[error("shutdown requested while retrying a batch (not committed; it will be re-read): {0}")]
+    Interrupted(String),
+}
+
+/// Why a consumer is not ready, shared with its `/readyz` check.
+#[derive(Debug, Clone, Default)]
+pub struct ConsumerHealth {
+    /// Reasons by cause; empty = ready.
+    problems: Arc<Mutex<BTreeMap<String, String>>>,
+}
+
+impl ConsumerHealth {
+    fn set(&self, cause: &str, reason: impl Into<String>) {
+        self.lock().insert(cause.to_string(), reason.into());
+    }
+
+    fn clear(&self, cause: &str) {
+        self.lock().remove(cause);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, String>> {
+        self.problems.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Ok when nothing is wrong, else every problem on one line.
+    pub fn status(&self) -> Result<(), String> {
+        let p = self.lock();
+        if p.is_empty() {
+            Ok(())
+        } else {
+            Err(p.values().cloned().collect::<Vec<_>>().join("; "))
+        }
+    }
+
+    /// A `/readyz` check named `consumer`.
+    pub fn readiness(&self) -> ReadinessCheck {
+        let health = self.clone();
+        ReadinessCheck::new("consumer", move || {
+            let status = health.status();
+            Box::pin(async move { status })
+        })
+    }
 }
 
 /// Logs rebalances and keeps the assigned-partitions gauge current.
@@ -134,14 +220,35 @@ impl ConsumerContext for RebalanceObserver {
     }
 }
 
+/// A partition held at a record whose writer schema is unknown.
+#[derive(Debug, Clone)]
+struct Blocked {
+    offset: i64,
+    fingerprint: String,
+}
+
+/// How often a paused partition's schema is looked up again.
+const REGISTRY_RECHECK: Duration = Duration::from_secs(2);
+/// How long the loop waits for a first record before doing housekeeping.
+const IDLE_TICK: Duration = Duration::from_millis(500);
+
 /// A group consumer driving a [`BatchProcessor`].
 pub struct BatchConsumer<P: BatchProcessor> {
     consumer: StreamConsumer<RebalanceObserver>,
     processor: P,
     dead_letters: DeadLetters,
+    registry: SchemaRegistry,
     metrics: ConsumerMetrics,
     settings: ConsumerSettings,
     kafka: KafkaConfig,
+    health: ConsumerHealth,
+    /// Records received while the partitions were paused for a retry; they open the
+    /// next batch (pausing does not recall what was already fetched).
+    pending: Vec<ConsumedRecord>,
+    /// Partitions paused at an unknown writer schema, by (base topic, partition).
+    blocked: HashMap<(String, i32), Blocked>,
+    /// When the registry was last read for the blocked partitions.
+    last_registry_check: Instant,
 }
 
 impl<P: BatchProcessor> std::fmt::Debug for BatchConsumer<P> {
@@ -152,12 +259,51 @@ impl<P: BatchProcessor> std::fmt::Debug for BatchConsumer<P> {
     }
 }
 
+fn to_record(kafka: &KafkaConfig, m: &BorrowedMessage<'_>) -> ConsumedRecord {
+    ConsumedRecord {
+        topic: kafka.base_topic(m.topic()).to_string(),
+        partition: m.partition(),
+        offset: m.offset(),
+        key: m.key().map(<[u8]>::to_vec),
+        payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+    }
+}
+
+/// Awaits `work` while polling the consumer, so that it stays in its group; records
+/// that still arrive are kept in `pending`.
+async fn keep_polling<T>(
+    consumer: &StreamConsumer<RebalanceObserver>,
+    kafka: &KafkaConfig,
+    pending: &mut Vec<ConsumedRecord>,
+    work: impl Future<Output = T>,
+) -> T {
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            biased;
+            out = &mut work => return out,
+            m = consumer.recv() => match m {
+                Ok(m) => pending.push(to_record(kafka, &m)),
+                Err(e) => debug!(error = %e, "consume error while paused"),
+            },
+        }
+    }
+}
+
+/// Outcome of applying one (part of a) batch.
+enum Applied {
+    Done,
+    /// The store refused something in it, for this reason.
+    Refused(String),
+}
+
 impl<P: BatchProcessor> BatchConsumer<P> {
     pub fn new(
         kafka: &KafkaConfig,
         settings: ConsumerSettings,
         processor: P,
         dead_letters: DeadLetters,
+        registry: SchemaRegistry,
         metrics: ConsumerMetrics,
     ) -> Result<Self, ConsumerError> {
         let consumer: StreamConsumer<RebalanceObserver> = client_config(kafka, &settings.group_id)
@@ -178,10 +324,20 @@ impl<P: BatchProcessor> BatchConsumer<P> {
             consumer,
             processor,
             dead_letters,
+            registry,
             metrics,
             settings,
             kafka: kafka.clone(),
+            health: ConsumerHealth::default(),
+            pending: Vec::new(),
+            blocked: HashMap::new(),
+            last_registry_check: Instant::now(),
         })
+    }
+
+    /// The consumer's readiness, for `/readyz`.
+    pub fn health(&self) -> ConsumerHealth {
+        self.health.clone()
     }
 
     /// Consumes until `shutdown` is cancelled, then finishes the batch in hand.
@@ -191,6 +347,10 @@ impl<P: BatchProcessor> BatchConsumer<P> {
             if !records.is_empty() {
                 self.process(records, &shutdown).await?;
             }
+            if !self.blocked.is_empty() && self.last_registry_check.elapsed() >= REGISTRY_RECHECK
+            {
+                self.unblock_known().await;
+            }
             if shutdown.is_cancelled() {
                 break;
             }
@@ -199,44 +359,36 @@ impl<P: BatchProcessor> BatchConsumer<P> {
         Ok(())
     }
 
-    /// Waits for a first record (or shutdown), then fills the batch for at most
-    /// `batch_max_wait` or `batch_max_records`.
-    async fn next_batch(&self, shutdown: &CancellationToken) -> Vec<ConsumedRecord> {
-        let mut out = Vec::new();
-        let mut deadline: Option<tokio::time::Instant> = None;
+    /// Waits for a first record (or shutdown, or an idle tick), then fills the batch
+    /// for at most `batch_max_wait` or `batch_max_records`.
+    async fn next_batch(&mut self, shutdown: &CancellationToken) -> Vec<ConsumedRecord> {
+        let mut out = std::mem::take(&mut self.pending);
+        let mut deadline = (!out.is_empty())
+            .then(|| tokio::time::Instant::now() + self.settings.batch_max_wait);
+        let idle = tokio::time::Instant::now() + IDLE_TICK;
         while out.len() < self.settings.batch_max_records {
             let recv = self.consumer.recv();
-            let msg = match deadline {
-                None => tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    m = recv => m,
-                },
-                Some(d) => tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep_until(d) => break,
-                    m = recv => m,
-                },
+            let until = deadline.unwrap_or(idle);
+            let msg = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep_until(until) => break,
+                m = recv => m,
             };
             match msg {
                 Ok(m) => {
-                    let topic = self.kafka.base_topic(m.topic()).to_string();
-                    out.push(ConsumedRecord {
-                        topic,
-                        partition: m.partition(),
-                        offset: m.offset(),
-                        key: m.key().map(<[u8]>::to_vec),
-                        payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-                    });
+                    out.push(to_record(&self.kafka, &m));
                     deadline.get_or_insert_with(|| {
                         tokio::time::Instant::now() + self.settings.batch_max_wait
                     });
                 }
                 Err(e) => {
                     warn!(error = %e, "kafka consume error");
-                    if out.is_empty() {
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    } else {
+                    if !out.is_empty() {
                         break;
+                    }
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_millis(200)) => {}
                     }
                 }
             }
@@ -249,10 +401,15 @@ impl<P: BatchProcessor> BatchConsumer<P> {
         records: Vec<ConsumedRecord>,
         shutdown: &CancellationToken,
     ) -> Result<(), ConsumerError> {
+        let records = self.hold_unknown_schemas(records).await;
+        if records.is_empty() {
+            return Ok(());
+        }
         let mut batch = Batch {
             items: Vec::with_capacity(records.len()),
             next_offsets: BTreeMap::new(),
         };
+        let mut rejected = Vec::new();
         for rec in &records {
             self.metrics.consumed.with_label_values(&[&rec.topic]).inc();
             batch
@@ -265,48 +422,324 @@ impl<P: BatchProcessor> BatchConsumer<P> {
                     offset: rec.offset,
                     item,
                 }),
-                Err(rejection) => {
-                    warn!(topic = %rec.topic, partition = rec.partition, offset = rec.offset, %rejection, "dead-lettering record");
-                    self.dead_letters
-                        .publish(
-                            RejectedFrom::Topic {
-                                topic: &rec.topic,
-                                partition: rec.partition,
-                                offset: rec.offset,
-                                key: rec.key.as_deref(),
-                            },
-                            &rec.payload,
-                            &rejection,
-                        )
-                        .await?;
-                    self.metrics
-                        .dead_lettered
-                        .with_label_values(&[&rec.topic])
-                        .inc();
-                }
+                Err(rejection) => rejected.push((rec, rejection)),
             }
         }
+        self.dead_letter(&rejected, shutdown).await?;
 
         let started = Instant::now();
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            match self.processor.apply(&batch).await {
-                Ok(()) => break,
-                Err(e) if self.processor.is_retryable(&e) && !shutdown.is_cancelled() => {
-                    warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "batch apply failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-                Err(e) => return Err(ConsumerError::Apply(Box::new(e))),
+        let positions: HashMap<(&str, i32, i64), &ConsumedRecord> = records
+            .iter()
+            .map(|r| ((r.topic.as_str(), r.partition, r.offset), r))
+            .collect();
+        if let Applied::Refused(reason) = self.apply_retrying(&batch, shutdown).await? {
+            warn!(%reason, records = batch.items.len(), "the store refused part of a batch; isolating the record at fault");
+            self.isolate(batch.items, &positions, shutdown).await?;
+            let offsets_only = Batch {
+                items: Vec::new(),
+                next_offsets: batch.next_offsets.clone(),
+            };
+            if let Applied::Refused(reason) = self.apply_retrying(&offsets_only, shutdown).await? {
+                return Err(ConsumerError::Apply(
+                    format!("storing offsets alone was refused: {reason}").into(),
+                ));
             }
         }
         self.metrics
             .batch_seconds
             .observe(started.elapsed().as_secs_f64());
+        self.commit(&batch.next_offsets, shutdown);
+        Ok(())
+    }
 
+    /// Drops records of partitions held at an unknown writer schema and holds new
+    /// ones: reads the registry once, then pauses each partition whose record names
+    /// a schema still unknown.
+    async fn hold_unknown_schemas(&mut self, records: Vec<ConsumedRecord>) -> Vec<ConsumedRecord> {
+        let mut refreshed = false;
+        let mut kept = Vec::with_capacity(records.len());
+        for rec in records {
+            let tp = (rec.topic.clone(), rec.partition);
+            if self.blocked.contains_key(&tp) {
+                continue; // re-read after the seek that resumes the partition
+            }
+            let fp = match self.registry.codec().writer_schema(&rec.payload) {
+                Err(CodecError::UnknownWriterSchema(fp)) => fp,
+                _ => {
+                    kept.push(rec);
+                    continue;
+                }
+            };
+            if !refreshed {
+                refreshed = true;
+                match self.registry.refresh().await {
+                    Ok(n) if n > 0 => info!(new = n, "schema registry read"),
+                    Ok(_) => {}
+                    Err(e) => warn!(error = %e, "schema registry unreadable"),
+                }
+                self.last_registry_check = Instant::now();
+            }
+            if self.registry.codec().writer_schema(&rec.payload).is_ok() {
+                kept.push(rec);
+                continue;
+            }
+            self.block(&rec, fp);
+        }
+        kept
+    }
+
+    fn block(&mut self, rec: &ConsumedRecord, fingerprint: String) {
+        let reason = format!(
+            "partition {}/{} paused at offset {}: unknown writer schema fingerprint {fingerprint}; publish it to the schema registry",
+            rec.topic, rec.partition, rec.offset
+        );
+        warn!(topic = %rec.topic, partition = rec.partition, offset = rec.offset, %fingerprint, "unknown writer schema; pausing the partition until the registry has it");
         let mut tpl = TopicPartitionList::new();
-        for ((topic, partition), next) in &batch.next_offsets {
-            tpl.add_partition_offset(&self.kafka.topic(topic), *partition, Offset::Offset(*next))?;
+        if let Err(e) = tpl
+            .add_partition(&self.kafka.topic(&rec.topic), rec.partition)
+            .set_offset(Offset::Offset(rec.offset))
+            .map_err(|e| e.to_string())
+            .and_then(|()| self.consumer.pause(&tpl).map_err(|e| e.to_string()))
+        {
+            warn!(error = %e, "pausing a partition failed; its records are dropped until resumed");
+        }
+        self.metrics
+            .paused_partitions
+            .with_label_values(&[&rec.topic])
+            .inc();
+        self.health.set(
+            &format!("schema:{}/{}", rec.topic, rec.partition),
+            reason,
+        );
+        self.blocked.insert(
+            (rec.topic.clone(), rec.partition),
+            Blocked {
+                offset: rec.offset,
+                fingerprint,
+            },
+        );
+    }
+
+    /// Resumes the held partitions whose schema the registry now has, from the held
+    /// record.
+    async fn unblock_known(&mut self) {
+        self.last_registry_check = Instant::now();
+        if let Err(e) = self.registry.refresh().await {
+            warn!(error = %e, "schema registry unreadable");
+            return;
+        }
+        let known: Vec<(String, i32)> = self
+            .blocked
+            .iter()
+            .filter(|(_, b)| {
+                crate::avro::parse_fingerprint_hex(&b.fingerprint)
+                    .is_some_and(|fp| self.registry.knows(&fp))
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for (topic, partition) in known {
+            let Some(b) = self.blocked.remove(&(topic.clone(), partition)) else {
+                continue;
+            };
+            let full = self.kafka.topic(&topic);
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(&full, partition);
+            let resumed = self
+                .consumer
+                .seek(&full, partition, Offset::Offset(b.offset), Duration::from_secs(5))
+                .and_then(|()| self.consumer.resume(&tpl));
+            match resumed {
+                Ok(()) => info!(%topic, partition, offset = b.offset, "writer schema now known; partition resumed"),
+                // Revoked meanwhile: its next owner starts from the last commit,
+                // which is before the held record.
+                Err(e) => info!(%topic, partition, error = %e, "held partition no longer ours"),
+            }
+            self.metrics
+                .paused_partitions
+                .with_label_values(&[&topic])
+                .dec();
+            self.health.clear(&format!("schema:{topic}/{partition}"));
+        }
+    }
+
+    /// Publishes every rejection of a batch concurrently, retrying transient broker
+    /// failures with the partitions paused; returns once all are acknowledged.
+    async fn dead_letter(
+        &mut self,
+        rejected: &[(&ConsumedRecord, Rejection)],
+        shutdown: &CancellationToken,
+    ) -> Result<(), ConsumerError> {
+        if rejected.is_empty() {
+            return Ok(());
+        }
+        for (rec, rejection) in rejected {
+            warn!(topic = %rec.topic, partition = rec.partition, offset = rec.offset, %rejection, "dead-lettering record");
+        }
+        let mut todo: Vec<usize> = (0..rejected.len()).collect();
+        let mut backoff = Backoff::new();
+        loop {
+            let dead_letters = &self.dead_letters;
+            let sends = todo.iter().map(|&i| {
+                let (rec, rejection) = &rejected[i];
+                dead_letters.publish(
+                    RejectedFrom::Topic {
+                        topic: &rec.topic,
+                        partition: rec.partition,
+                        offset: rec.offset,
+                        key: rec.key.as_deref(),
+                    },
+                    &rec.payload,
+                    rejection,
+                )
+            });
+            let outcomes = keep_polling(
+                &self.consumer,
+                &self.kafka,
+                &mut self.pending,
+                join_all(sends),
+            )
+            .await;
+            let mut failed = Vec::new();
+            let mut last_error = None;
+            for (&i, outcome) in todo.iter().zip(outcomes) {
+                match outcome {
+                    Ok(_) => {
+                        self.metrics
+                            .dead_lettered
+                            .with_label_values(&[&rejected[i].0.topic])
+                            .inc();
+                    }
+                    Err(e) if e.is_retryable() => {
+                        failed.push(i);
+                        last_error = Some(e);
+                    }
+                    Err(e) => {
+                        self.resume_all();
+                        return Err(e.into());
+                    }
+                }
+            }
+            let Some(e) = last_error else {
+                self.health.clear("dead-letters");
+                self.resume_all();
+                return Ok(());
+            };
+            todo = failed;
+            self.health
+                .set("dead-letters", format!("dead-letter topic unavailable: {e}"));
+            self.pause_all();
+            if shutdown.is_cancelled() {
+                return Err(ConsumerError::Interrupted(e.to_string()));
+            }
+            let wait = backoff.next();
+            warn!(error = %e, pending = todo.len(), retry_in_ms = wait.as_millis() as u64, "dead-letter publish failed; retrying");
+            keep_polling(
+                &self.consumer,
+                &self.kafka,
+                &mut self.pending,
+                tokio::time::sleep(wait),
+            )
+            .await;
+        }
+    }
+
+    /// Applies `batch`, retrying transient failures (partitions paused, still polling)
+    /// until it is applied or refused.
+    async fn apply_retrying(
+        &mut self,
+        batch: &Batch<P::Item>,
+        shutdown: &CancellationToken,
+    ) -> Result<Applied, ConsumerError> {
+        let mut backoff = Backoff::new();
+        let mut paused = false;
+        let outcome = loop {
+            let result = keep_polling(
+                &self.consumer,
+                &self.kafka,
+                &mut self.pending,
+                self.processor.apply(batch),
+            )
+            .await;
+            let e = match result {
+                Ok(()) => break Ok(Applied::Done),
+                Err(e) => e,
+            };
+            match self.processor.classify(&e) {
+                Failure::Poison => break Ok(Applied::Refused(e.to_string())),
+                Failure::Fatal => {
+                    error!(error = %e, "batch apply failed for good; stopping");
+                    break Err(ConsumerError::Apply(Box::new(e)));
+                }
+                Failure::Transient => {}
+            }
+            if shutdown.is_cancelled() {
+                break Err(ConsumerError::Interrupted(e.to_string()));
+            }
+            if !paused {
+                self.pause_all();
+                paused = true;
+            }
+            self.health
+                .set("apply", format!("retrying a batch: {e}"));
+            let wait = backoff.next();
+            warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "batch apply failed; retrying");
+            keep_polling(
+                &self.consumer,
+                &self.kafka,
+                &mut self.pending,
+                tokio::time::sleep(wait),
+            )
+            .await;
+        };
+        if paused {
+            self.health.clear("apply");
+            self.resume_all();
+        }
+        outcome
+    }
+
+    /// Splits a refused batch until each refused record is alone, applying the good
+    /// parts in order and dead-lettering each refused record with the store's reason.
+    async fn isolate(
+        &mut self,
+        items: Vec<Positioned<P::Item>>,
+        originals: &HashMap<(&str, i32, i64), &ConsumedRecord>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), ConsumerError> {
+        // A stack of parts still to apply; the next part in offset order is on top.
+        let mut parts = vec![items];
+        while let Some(part) = parts.pop() {
+            let batch = Batch::covering(part);
+            let reason = match self.apply_retrying(&batch, shutdown).await? {
+                Applied::Done => continue,
+                Applied::Refused(reason) => reason,
+            };
+            let mut left = batch.items;
+            if left.len() > 1 {
+                let right = left.split_off(left.len() / 2);
+                parts.push(right);
+                parts.push(left);
+                continue;
+            }
+            for p in &left {
+                let Some(rec) = originals.get(&(p.topic.as_str(), p.partition, p.offset)) else {
+                    continue;
+                };
+                let rejection = Rejection::whole(format!("refused by the store: {reason}"));
+                self.dead_letter(&[(*rec, rejection)], shutdown).await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn commit(&self, next_offsets: &BTreeMap<(String, i32), i64>, shutdown: &CancellationToken) {
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), next) in next_offsets {
+            if let Err(e) =
+                tpl.add_partition_offset(&self.kafka.topic(topic), *partition, Offset::Offset(*next))
+            {
+                debug!(error = %e, "offset not committable");
+            }
         }
         let mode = if shutdown.is_cancelled() {
             CommitMode::Sync
@@ -318,6 +751,104 @@ impl<P: BatchProcessor> BatchConsumer<P> {
             // owner resumes from the last commit, and processors dedupe by offset/id.
             debug!(error = %e, "offset commit failed");
         }
-        Ok(())
+    }
+
+    /// Pauses every assigned partition (a retry must not pile up records).
+    fn pause_all(&self) {
+        if let Ok(tpl) = self.consumer.assignment()
+            && let Err(e) = self.consumer.pause(&tpl)
+        {
+            debug!(error = %e, "pause failed");
+        }
+    }
+
+    /// Resumes every assigned partition except those held at an unknown schema.
+    fn resume_all(&self) {
+        let Ok(assigned) = self.consumer.assignment() else {
+            return;
+        };
+        let mut tpl = TopicPartitionList::new();
+        for e in assigned.elements() {
+            let base = self.kafka.base_topic(e.topic()).to_string();
+            if !self.blocked.contains_key(&(base, e.partition())) {
+                tpl.add_partition(e.topic(), e.partition());
+            }
+        }
+        if let Err(e) = self.consumer.resume(&tpl) {
+            debug!(error = %e, "resume failed");
+        }
+    }
+}
+
+/// Exponential backoff with jitter, 100 ms doubling to 5 s.
+#[derive(Debug)]
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        Self {
+            next: Duration::from_millis(100),
+        }
+    }
+
+    fn next(&mut self) -> Duration {
+        let base = self.next;
+        self.next = (self.next * 2).min(Duration::from_secs(5));
+        // Up to 25% jitter, so replicas that failed together do not retry together.
+        let jitter = base.as_millis() as u64 / 4;
+        let nanos = u64::from(std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or_default());
+        base + Duration::from_millis(if jitter == 0 { 0 } else { nanos % jitter })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(topic: &str, partition: i32, offset: i64) -> Positioned<()> {
+        Positioned {
+            topic: topic.into(),
+            partition,
+            offset,
+            item: (),
+        }
+    }
+
+    #[test]
+    fn a_part_covers_exactly_its_items() {
+        let b = Batch::covering(vec![at("a", 0, 5), at("b", 1, 9), at("a", 0, 6)]);
+        assert_eq!(b.next_offsets.get(&("a".into(), 0)), Some(&7));
+        assert_eq!(b.next_offsets.get(&("b".into(), 1)), Some(&10));
+        assert_eq!(b.next_offsets.len(), 2);
+    }
+
+    #[test]
+    fn backoff_grows_to_a_ceiling_with_bounded_jitter() {
+        let mut b = Backoff::new();
+        let first = b.next();
+        assert!(first >= Duration::from_millis(100) && first < Duration::from_millis(126));
+        for _ in 0..10 {
+            b.next();
+        }
+        let late = b.next();
+        assert!(late >= Duration::from_secs(5) && late <= Duration::from_millis(6250));
+    }
+
+    #[test]
+    fn health_reports_every_problem_until_cleared() {
+        let h = ConsumerHealth::default();
+        assert!(h.status().is_ok());
+        h.set("apply", "retrying");
+        h.set("schema:x/1", "paused at 3");
+        let err = h.status().expect_err("not ready");
+        assert!(err.contains("retrying") && err.contains("paused at 3"), "{err}");
+        h.clear("apply");
+        h.clear("schema:x/1");
+        assert!(h.status().is_ok());
     }
 }

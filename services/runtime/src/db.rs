@@ -33,6 +33,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "api_keys",
         sql: include_str!("../migrations/0002_api_keys.sql"),
     },
+    Migration {
+        version: 3,
+        name: "scoped_idempotency",
+        sql: include_str!("../migrations/0003_scoped_idempotency.sql"),
+    },
 ];
 
 /// Arbitrary constant naming the migration advisory lock.
@@ -78,6 +83,12 @@ pub fn pool(cfg: &PostgresConfig) -> Result<Pool, DbError> {
     if pg.get_application_name().is_none() {
         pg.application_name("storepulse");
     }
+    let mut options = pg.get_options().map(str::to_string).unwrap_or_default();
+    options.push_str(&format!(
+        " -c statement_timeout={} -c lock_timeout={}",
+        cfg.statement_timeout_ms, cfg.lock_timeout_ms
+    ));
+    pg.options(options.trim());
     let mgr = Manager::from_config(
         pg,
         NoTls,
@@ -107,6 +118,11 @@ fn checksum(sql: &str) -> String {
 /// Applies pending migrations; returns the versions applied now.
 pub async fn migrate(pool: &Pool) -> Result<Vec<i32>, DbError> {
     let mut client = pool.get().await?;
+    // Migrations may wait for another pod's lock and run long DDL: no session timeouts
+    // here (RESET afterwards restores the pool's).
+    client
+        .batch_execute("SET statement_timeout = 0; SET lock_timeout = 0")
+        .await?;
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
         .await?;
@@ -114,6 +130,9 @@ pub async fn migrate(pool: &Pool) -> Result<Vec<i32>, DbError> {
     let unlock = client
         .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
         .await;
+    client
+        .batch_execute("RESET statement_timeout; RESET lock_timeout")
+        .await?;
     let applied = result?;
     unlock?;
     Ok(applied)

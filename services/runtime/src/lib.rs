@@ -14,9 +14,11 @@ pub mod kafka;
 pub mod metrics;
 pub mod ops_http;
 pub mod records;
+pub mod schema_registry;
 pub mod service_shell;
 pub mod shutdown;
 pub mod telemetry;
+pub mod vocabulary;
 
 pub use avro::AvroCodec;
 pub use config::{ConfigSource, KafkaConfig, LogConfig, PostgresConfig};

@@ -36,6 +36,8 @@ pub struct ConsumerMetrics {
     pub batch_seconds: Histogram,
     /// Partitions currently assigned to this consumer, by topic.
     pub assigned_partitions: IntGaugeVec,
+    /// Partitions held at a record whose writer schema is unknown, by topic.
+    pub paused_partitions: IntGaugeVec,
 }
 
 impl ConsumerMetrics {
@@ -68,7 +70,15 @@ impl ConsumerMetrics {
                 ),
                 &["topic"],
             )?,
+            paused_partitions: IntGaugeVec::new(
+                Opts::new(
+                    "paused_partitions",
+                    "Partitions held at a record whose writer schema is unknown",
+                ),
+                &["topic"],
+            )?,
         };
+        registry.register(Box::new(m.paused_partitions.clone()))?;
         registry.register(Box::new(m.consumed.clone()))?;
         registry.register(Box::new(m.dead_lettered.clone()))?;
         registry.register(Box::new(m.batch_seconds.clone()))?;

@@ -257,6 +257,8 @@ pub struct RejectedRecord {
     pub source_topic: Option<String>,
     pub source_partition: Option<i32>,
     pub source_offset: Option<i64>,
+    pub original_length: Option<i64>,
+    pub original_sha256: Option<String>,
 }
 record!(RejectedRecord, "rejected_record.avsc", topic::REJECTED);
 
@@ -378,6 +380,15 @@ impl From<Vec<u8>> for AvroBytes {
     fn from(v: Vec<u8>) -> Self {
         Self(v)
     }
+}
+
+/// Earlier versions of the bundled schemas (`schemas/history/`): never written by
+/// this build, still read, since records written with them remain on the topics.
+pub fn historical_schemas() -> Vec<Schema> {
+    [include_str!("../../../schemas/history/rejected_record.v1.0.avsc")]
+        .iter()
+        .filter_map(|text| Schema::parse_str(text).ok())
+        .collect()
 }
 
 /// Reader schemas of every bundled record type, for the codec's registry.

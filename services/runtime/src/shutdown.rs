@@ -29,6 +29,13 @@ pub enum ServiceError {
     },
     #[error("task `{task}` panicked")]
     TaskPanicked { task: &'static str },
+    #[error(
+        "tasks {tasks:?} were still running {grace_ms} ms after shutdown began and were aborted; their in-flight work was not committed and will be re-read"
+    )]
+    GraceExceeded {
+        tasks: Vec<&'static str>,
+        grace_ms: u64,
+    },
 }
 
 /// Named tasks of one service, cancelled together.
@@ -38,6 +45,8 @@ pub struct ServiceTasks {
     token: CancellationToken,
     /// The running tasks, each returning its name with its result.
     set: JoinSet<(&'static str, Result<(), TaskError>)>,
+    /// Names of the tasks not yet ended, to say which ones outlived the grace period.
+    running: std::sync::Arc<std::sync::Mutex<Vec<&'static str>>>,
 }
 
 impl ServiceTasks {
@@ -46,6 +55,7 @@ impl ServiceTasks {
         Self {
             token: shutdown.child_token(),
             set: JoinSet::new(),
+            running: Default::default(),
         }
     }
 
@@ -60,8 +70,16 @@ impl ServiceTasks {
         F: Future<Output = Result<(), E>> + Send + 'static,
         E: Into<TaskError>,
     {
-        self.set
-            .spawn(async move { (name, fut.await.map_err(Into::into)) });
+        let running = self.running.clone();
+        running.lock().unwrap_or_else(|e| e.into_inner()).push(name);
+        self.set.spawn(async move {
+            let result = fut.await.map_err(Into::into);
+            let mut names = running.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(i) = names.iter().position(|n| *n == name) {
+                names.swap_remove(i);
+            }
+            (name, result)
+        });
     }
 
     /// Waits for shutdown (or the first task to end), then up to `grace` for the rest.
@@ -110,6 +128,15 @@ impl ServiceTasks {
                 "tasks still running after grace period; aborting them"
             );
             self.set.abort_all();
+            let tasks = self
+                .running
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            first_error.get_or_insert(ServiceError::GraceExceeded {
+                tasks,
+                grace_ms: grace.as_millis() as u64,
+            });
         }
         match first_error {
             Some(e) => Err(e),
@@ -202,7 +229,14 @@ mod tests {
         });
         shutdown.cancel();
         let started = tokio::time::Instant::now();
-        tasks.join(Duration::from_secs(3)).await.expect("clean");
+        let err = tasks
+            .join(Duration::from_secs(3))
+            .await
+            .expect_err("a shutdown whose grace ran out is a failure");
         assert_eq!(started.elapsed(), Duration::from_secs(3));
+        assert!(
+            matches!(&err, ServiceError::GraceExceeded { tasks, .. } if tasks == &["stuck"]),
+            "{err}"
+        );
     }
 }

@@ -214,6 +214,8 @@ fn fastavro_reads_and_writes_every_topic_record() {
                 source_topic: None,
                 source_partition: None,
                 source_offset: None,
+                original_length: None,
+                original_sha256: None,
             },
             RejectedRecord {
                 envelope: envelope(),
@@ -224,6 +226,8 @@ fn fastavro_reads_and_writes_every_topic_record() {
                 source_topic: Some("pos.sales.v1".into()),
                 source_partition: Some(5),
                 source_offset: Some(i64::MAX),
+                original_length: Some(1),
+                original_sha256: Some("00".repeat(32)),
             },
         ],
         &["original"],

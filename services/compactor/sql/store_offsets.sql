@@ -1,5 +1,7 @@
+-- Next offsets of every partition of a batch, in one statement; never moves back.
 INSERT INTO consumer_offsets (consumer_group, topic, partition, next_offset, updated_at)
-VALUES ($1, $2, $3, $4, now())
+SELECT $1, k.topic, k.partition, k.next_offset, now()
+FROM unnest($2::text[], $3::int[], $4::bigint[]) AS k(topic, partition, next_offset)
 ON CONFLICT (consumer_group, topic, partition)
 DO UPDATE SET next_offset = GREATEST(consumer_offsets.next_offset, EXCLUDED.next_offset),
               updated_at = now()
