@@ -17,9 +17,10 @@ pub mod records;
 pub mod service_shell;
 pub mod shutdown;
 pub mod telemetry;
+pub mod topic_admin;
 
 pub use avro::AvroCodec;
-pub use config::{ConfigSource, KafkaConfig, LogConfig, PostgresConfig};
+pub use config::{ConfigSource, KafkaConfig, LogConfig, PostgresConfig, Retention, TopicSettings};
 pub use dead_letter::{DeadLetters, Rejection};
 pub use kafka::EventProducer;
 pub use metrics::{ConsumerMetrics, ProducerMetrics};
