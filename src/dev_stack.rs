@@ -58,13 +58,26 @@ fn topic_of(ty: &str) -> &'static str {
 pub fn describe_exit(outcome: &Result<anyhow::Result<()>, tokio::task::JoinError>) -> String {
     let text = match outcome {
         Ok(Ok(())) => "returned without an error".to_string(),
-        Ok(Err(e)) => format!("{e:#}"),
+        Ok(Err(e)) => error_chain(e),
         Err(e) if e.is_panic() => {
             format!("panicked: {e}")
         }
         Err(e) => format!("task failed: {e}"),
     };
     text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// An error and its causes on one line, `: `-separated, leaving out a cause whose
+/// text the message before it already includes (errors that print their source).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !parts.last().is_some_and(|prev| prev.contains(&text)) {
+            parts.push(text);
+        }
+    }
+    parts.join(": ")
 }
 
 /// The tail of the live line: every stopped service and why, in name order.
@@ -345,9 +358,13 @@ mod tests {
         let mut stopped = BTreeMap::new();
         assert_eq!(stopped_suffix(&stopped), "", "nothing while all run");
 
-        let failed: Result<anyhow::Result<()>, _> = Ok(Err(anyhow::anyhow!(
-            "relation \"sensor_readings\" does not exist (42P01)"
-        )
+        #[derive(Debug, thiserror::Error)]
+        #[error("applying a batch failed: {0}")]
+        struct PrintsItsSource(#[source] std::io::Error);
+        let cause = std::io::Error::other("relation \"sensor_readings\" does not exist (42P01)");
+        let failed: Result<anyhow::Result<()>, _> = Ok(Err(anyhow::Error::new(PrintsItsSource(
+            cause,
+        ))
         .context("apply batch\n  of 12 records")));
         stopped.insert("compactor", describe_exit(&failed));
         let panicked: Result<anyhow::Result<()>, tokio::task::JoinError> =
@@ -361,7 +378,7 @@ mod tests {
         assert_eq!(parts[0], "", "{line}");
         assert_eq!(
             parts[1],
-            "compactor STOPPED: apply batch of 12 records: relation \"sensor_readings\" does not exist (42P01)"
+            "compactor STOPPED: apply batch of 12 records: applying a batch failed: relation \"sensor_readings\" does not exist (42P01)"
         );
         assert_eq!(parts[2], "notifier STOPPED: returned without an error");
         assert!(

@@ -414,7 +414,7 @@ async fn main() -> anyhow::Result<()> {
             };
             let reports = topic_admin::reconcile_topics(&k, &topic::ALL, n, mode)
                 .await
-                .context("topics")?;
+                .context("storepulse topics")?;
             let summary = print_topic_reports(&reports);
             println!("{summary}");
             if check && !summary.all_as_wanted() {
