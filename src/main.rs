@@ -36,6 +36,11 @@ enum Command {
     /// Run the whole pipeline locally with simulated stores: its own Postgres and
     /// broker (installed on first use), all services, live statistics. Ctrl-C stops
     /// everything.
+    ///
+    /// If a service stops on its own (an error, a panic), a line naming it and why is
+    /// printed at once, and every live line after it ends with
+    /// `| <service> STOPPED: <reason>`; the other services keep running so you can
+    /// inspect the stack, and dev exits with status 1 after Ctrl-C.
     Dev {
         /// Simulated stores.
         #[arg(long, default_value_t = 30)]
