@@ -5,14 +5,23 @@
 //! events through the ingest API, showing live what flows. Ctrl-C stops the
 //! services (each finishes and commits its in-flight work), then the broker and
 //! Postgres, and removes the data directory.
+//!
+//! A service that stops on its own (an error, a panic, or a return before Ctrl-C)
+//! is shown at once: a live line naming it and why, repeated in every live line
+//! after, and a log line on stderr. The other services keep running so the state
+//! can be inspected; `dev` then exits with an error status after Ctrl-C.
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use chrono::Utc;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use storepulse_runtime::config::OpsSettings;
 use storepulse_runtime::records::topic;
 use storepulse_runtime::service_shell::ShellConfig;
@@ -42,6 +51,57 @@ fn topic_of(ty: &str) -> &'static str {
         "pos_heartbeat" => topic::DEVICE,
         _ => topic::SENSOR_READINGS,
     }
+}
+
+/// How an in-process service task ended, for people: the error's Display chain on
+/// one line, a panic's message, or a note that it returned.
+pub fn describe_exit(outcome: &Result<anyhow::Result<()>, tokio::task::JoinError>) -> String {
+    let text = match outcome {
+        Ok(Ok(())) => "returned without an error".to_string(),
+        Ok(Err(e)) => error_chain(e),
+        Err(e) if e.is_panic() => {
+            format!("panicked: {e}")
+        }
+        Err(e) => format!("task failed: {e}"),
+    };
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// An error and its causes on one line, `: `-separated, leaving out a cause whose
+/// text the message before it already includes (errors that print their source).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !parts.last().is_some_and(|prev| prev.contains(&text)) {
+            parts.push(text);
+        }
+    }
+    parts.join(": ")
+}
+
+/// The tail of the live line: every stopped service and why, in name order.
+/// Empty while every service runs.
+pub fn stopped_suffix(stopped: &BTreeMap<&'static str, String>) -> String {
+    stopped
+        .iter()
+        .map(|(name, why)| format!(" | {name} STOPPED: {why}"))
+        .collect()
+}
+
+type ServiceExit = (
+    &'static str,
+    Result<anyhow::Result<()>, tokio::task::JoinError>,
+);
+type Running = FuturesUnordered<Pin<Box<dyn Future<Output = ServiceExit> + Send>>>;
+
+/// Spawns a service and adds its end (name, outcome) to `running`.
+fn spawn_service<F>(running: &mut Running, name: &'static str, service: F)
+where
+    F: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let handle = tokio::spawn(service);
+    running.push(Box::pin(async move { (name, handle.await) }));
 }
 
 /// Runs the dev stack until `shutdown`.
@@ -74,7 +134,7 @@ pub async fn run(opts: DevOptions, shutdown: CancellationToken) -> anyhow::Resul
         filter: "warn".into(),
     };
     let services = CancellationToken::new();
-    let mut handles = Vec::new();
+    let mut running = Running::new();
     let ingest_addr = format!("127.0.0.1:{}", opts.ingest_port);
     let ingest_listener = match tokio::net::TcpListener::bind(&ingest_addr).await {
         Ok(l) => l,
@@ -91,11 +151,11 @@ pub async fn run(opts: DevOptions, shutdown: CancellationToken) -> anyhow::Resul
             ..Default::default()
         },
     };
-    handles.push(tokio::spawn(storepulse_ingest::run_with_listener(
-        ingest_cfg,
-        ingest_listener,
-        services.clone(),
-    )));
+    spawn_service(
+        &mut running,
+        "ingest",
+        storepulse_ingest::run_with_listener(ingest_cfg, ingest_listener, services.clone()),
+    );
     let compactor_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let compactor_addr = compactor_listener.local_addr()?;
     let compactor_cfg = storepulse_compactor::CompactorConfig {
@@ -104,11 +164,15 @@ pub async fn run(opts: DevOptions, shutdown: CancellationToken) -> anyhow::Resul
         log: log.clone(),
         compactor: Default::default(),
     };
-    handles.push(tokio::spawn(storepulse_compactor::run_with_listener(
-        compactor_cfg,
-        compactor_listener,
-        services.clone(),
-    )));
+    spawn_service(
+        &mut running,
+        "compactor",
+        storepulse_compactor::run_with_listener(
+            compactor_cfg,
+            compactor_listener,
+            services.clone(),
+        ),
+    );
     let shell = |kafka: &KafkaConfig| ShellConfig {
         kafka: kafka.clone(),
         log: log.clone(),
@@ -127,13 +191,13 @@ pub async fn run(opts: DevOptions, shutdown: CancellationToken) -> anyhow::Resul
     ] {
         let cfg = shell(&kafka_cfg);
         let token = services.clone();
-        handles.push(tokio::spawn(async move {
+        spawn_service(&mut running, name, async move {
             match name {
                 "rules" => storepulse_rules::run_with_listener(cfg, l, token).await,
                 "forecaster" => storepulse_forecaster::run_with_listener(cfg, l, token).await,
                 _ => storepulse_notifier::run_with_listener(cfg, l, token).await,
             }
-        }));
+        });
     }
 
     let mut sim = Simulator::new(SimConfig {
@@ -172,9 +236,25 @@ pub async fn run(opts: DevOptions, shutdown: CancellationToken) -> anyhow::Resul
     let mut last_counts = per_topic.clone();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let per_tick = (opts.rate as usize / 10).max(1);
+    // Services that stopped before Ctrl-C, and why.
+    let mut stopped: BTreeMap<&'static str, String> = BTreeMap::new();
     while !shutdown.is_cancelled() {
         tokio::select! {
             _ = shutdown.cancelled() => break,
+            Some((name, outcome)) = running.next() => {
+                let why = describe_exit(&outcome);
+                eprintln!(
+                    "{} service {name} stopped: {why}",
+                    Utc::now().format("%Y-%m-%dT%H:%M:%SZ")
+                );
+                stopped.insert(name, why);
+                println!(
+                    "rows in Postgres {}{} | the other services keep running; Ctrl-C stops all",
+                    rows_written(&pool).await.unwrap_or(0),
+                    stopped_suffix(&stopped)
+                );
+                continue;
+            }
             _ = tick.tick() => {}
         }
         let now = Utc::now();
@@ -205,13 +285,14 @@ pub async fn run(opts: DevOptions, shutdown: CancellationToken) -> anyhow::Resul
                 .collect();
             let rows = rows_written(&pool).await.unwrap_or(0);
             println!(
-                "{} | rows in Postgres {rows} | accepted {} rejected {} | sim time {}",
+                "{} | rows in Postgres {rows} | accepted {} rejected {} | sim time {}{}",
                 rates.join("  "),
                 gateway.stats.accepted.load(Ordering::Relaxed),
                 gateway.stats.rejected.load(Ordering::Relaxed),
                 sim.peek_time()
                     .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
                     .unwrap_or_default(),
+                stopped_suffix(&stopped),
             );
             last_counts = per_topic.clone();
             last_report = Instant::now();
@@ -220,17 +301,24 @@ pub async fn run(opts: DevOptions, shutdown: CancellationToken) -> anyhow::Resul
 
     eprintln!("stopping services ...");
     services.cancel();
-    for h in handles {
-        match h.await {
-            Ok(Err(e)) => eprintln!("service ended with an error: {e:#}"),
-            Err(e) => eprintln!("service task failed: {e}"),
-            Ok(Ok(())) => {}
+    while let Some((name, outcome)) = running.next().await {
+        if !matches!(outcome, Ok(Ok(()))) {
+            let why = describe_exit(&outcome);
+            eprintln!("service {name} ended with an error while stopping: {why}");
+            stopped.insert(name, why);
         }
     }
     drop(pool);
     drop(broker);
     drop(pg);
     eprintln!("stopped; removed {}", root.path().display());
+    if !stopped.is_empty() {
+        let names: Vec<&str> = stopped.keys().copied().collect();
+        anyhow::bail!(
+            "services stopped before Ctrl-C or failed while stopping: {}",
+            names.join(", ")
+        );
+    }
     Ok(())
 }
 
@@ -258,5 +346,45 @@ pub async fn wait_for_broker(cfg: &KafkaConfig) -> anyhow::Result<()> {
             Ok(_) => anyhow::bail!("broker lists no brokers"),
             Err(e) => anyhow::bail!("broker not reachable: {e}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_stopped_service_is_named_with_its_reason() {
+        let mut stopped = BTreeMap::new();
+        assert_eq!(stopped_suffix(&stopped), "", "nothing while all run");
+
+        #[derive(Debug, thiserror::Error)]
+        #[error("applying a batch failed: {0}")]
+        struct PrintsItsSource(#[source] std::io::Error);
+        let cause = std::io::Error::other("relation \"sensor_readings\" does not exist (42P01)");
+        let failed: Result<anyhow::Result<()>, _> = Ok(Err(anyhow::Error::new(PrintsItsSource(
+            cause,
+        ))
+        .context("apply batch\n  of 12 records")));
+        stopped.insert("compactor", describe_exit(&failed));
+        let panicked: Result<anyhow::Result<()>, tokio::task::JoinError> =
+            tokio::spawn(async { panic!("boom") }).await;
+        stopped.insert("rules", describe_exit(&panicked));
+        let returned: Result<anyhow::Result<()>, tokio::task::JoinError> = Ok(Ok(()));
+        stopped.insert("notifier", describe_exit(&returned));
+
+        let line = stopped_suffix(&stopped);
+        let parts: Vec<&str> = line.split(" | ").collect();
+        assert_eq!(parts[0], "", "{line}");
+        assert_eq!(
+            parts[1],
+            "compactor STOPPED: apply batch of 12 records: applying a batch failed: relation \"sensor_readings\" does not exist (42P01)"
+        );
+        assert_eq!(parts[2], "notifier STOPPED: returned without an error");
+        assert!(
+            parts[3].starts_with("rules STOPPED: panicked") && parts[3].contains("boom"),
+            "{line}"
+        );
+        assert_eq!(parts.len(), 4, "{line}");
     }
 }

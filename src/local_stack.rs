@@ -397,12 +397,14 @@ impl LocalBroker {
         format!("127.0.0.1:{}", self.port)
     }
 
-    /// Kafka settings pointing at this broker with a topic prefix.
+    /// Kafka settings pointing at this broker with a topic prefix; topics get one
+    /// replica (this is a single broker), retention as in production.
     pub fn kafka_config(&self, topic_prefix: &str, partitions: i32) -> KafkaConfig {
         KafkaConfig {
             brokers: self.bootstrap(),
             topic_prefix: topic_prefix.into(),
             partitions,
+            topics: storepulse_runtime::TopicSettings::single_broker(),
             ..KafkaConfig::default()
         }
     }

@@ -11,7 +11,9 @@ use storepulse::dev_stack::{self, DevOptions};
 use storepulse::gateway::Gateway;
 use storepulse::simulator::{SimConfig, Simulator};
 use storepulse_runtime::records::topic;
-use storepulse_runtime::{ConfigSource, KafkaConfig, PostgresConfig, db, kafka, shutdown};
+use storepulse_runtime::{
+    ConfigSource, KafkaConfig, PostgresConfig, Retention, db, shutdown, topic_admin,
+};
 use tokio_util::sync::CancellationToken;
 
 /// StorePulse: real-time monitoring of retail stores.
@@ -34,6 +36,11 @@ enum Command {
     /// Run the whole pipeline locally with simulated stores: its own Postgres and
     /// broker (installed on first use), all services, live statistics. Ctrl-C stops
     /// everything.
+    ///
+    /// If a service stops on its own (an error, a panic), a line naming it and why is
+    /// printed at once, and every live line after it ends with
+    /// `| <service> STOPPED: <reason>`; the other services keep running so you can
+    /// inspect the stack, and dev exits with status 1 after Ctrl-C.
     Dev {
         /// Simulated stores.
         #[arg(long, default_value_t = 30)]
@@ -87,11 +94,52 @@ enum Command {
         #[arg(long, global = true)]
         database_url: Option<String>,
     },
-    /// Create the pipeline's topics (existing ones are left alone).
+    /// Create the pipeline's topics with their durability and retention, and report
+    /// every existing topic whose settings differ.
+    ///
+    /// Missing topics are created with the partitions, replication factor,
+    /// min.insync.replicas and retention given here (else from [kafka] /
+    /// [kafka.topics] in the config), cleanup.policy=delete and retention.bytes=-1.
+    /// The event-log topics (pos.*, sensor.readings.v1, alerts.v1, forecasts.v1,
+    /// notifications.v1) get --retention, default unlimited: the read store is
+    /// rebuilt by replaying them. The dead-letter topic ingest.rejected.v1 gets
+    /// --dead-letter-retention, default 30d.
+    ///
+    /// Existing topics are never changed. Each one is compared with what is wanted
+    /// (partitions, replication factor, min.insync.replicas, retention.ms,
+    /// retention.bytes, cleanup.policy) and every difference is printed as a
+    /// `WARNING <topic>: <setting> is <actual>, wanted <wanted>` line; fix it with
+    /// your cluster's tools. Exit status: 0 when the topics exist afterwards, even
+    /// if some differ; with --check, 1 when any topic is missing or differs.
+    ///
+    /// The defaults (replication factor 3, min.insync.replicas 2) need three
+    /// brokers; on a single local broker pass --replication-factor 1
+    /// --min-insync-replicas 1.
     Topics {
-        /// Partitions per topic (else kafka.partitions).
+        /// Partitions per topic (else kafka.partitions, default 6).
         #[arg(long)]
         partitions: Option<i32>,
+        /// Copies of each partition (else kafka.topics.replication_factor, default 3).
+        /// At most the number of brokers.
+        #[arg(long, value_parser = clap::value_parser!(i16).range(1..))]
+        replication_factor: Option<i16>,
+        /// min.insync.replicas: with acks=all, an acknowledged record is on this
+        /// many brokers (else kafka.topics.min_insync_replicas, default 2). At most
+        /// the replication factor.
+        #[arg(long, value_parser = clap::value_parser!(i16).range(1..))]
+        min_insync_replicas: Option<i16>,
+        /// Retention of the event-log topics: `unlimited`, or a number with a unit
+        /// ms, s, m, h, d, w, e.g. 90d (else kafka.topics.retention, default unlimited).
+        #[arg(long)]
+        retention: Option<Retention>,
+        /// Retention of the dead-letter topic ingest.rejected.v1, same format (else
+        /// kafka.topics.dead_letter_retention, default 30d).
+        #[arg(long)]
+        dead_letter_retention: Option<Retention>,
+        /// Only compare: create nothing, print what is missing or differs, and exit
+        /// with status 1 if anything is.
+        #[arg(long)]
+        check: bool,
     },
     /// Apply read-store schema migrations.
     Migrate {
@@ -131,6 +179,73 @@ enum Service {
     Rules,
     Forecaster,
     Notifier,
+}
+
+/// Counts of [`print_topic_reports`].
+#[derive(Debug, Default)]
+struct TopicSummary {
+    created: usize,
+    ok: usize,
+    differ: usize,
+    missing: usize,
+    unchecked: usize,
+}
+
+impl TopicSummary {
+    fn all_as_wanted(&self) -> bool {
+        self.differ == 0 && self.missing == 0
+    }
+}
+
+impl std::fmt::Display for TopicSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "topics: {} created, {} as wanted, {} differ, {} missing",
+            self.created, self.ok, self.differ, self.missing
+        )?;
+        if self.unchecked > 0 {
+            write!(f, ", {} with configs not checked", self.unchecked)?;
+        }
+        if self.differ > 0 {
+            write!(f, " (existing topics are never changed by storepulse)")?;
+        }
+        Ok(())
+    }
+}
+
+/// One line per topic, one `WARNING` line per difference or unchecked setting.
+fn print_topic_reports(reports: &[topic_admin::TopicReport]) -> TopicSummary {
+    use topic_admin::TopicStatus;
+    let mut s = TopicSummary::default();
+    for r in reports {
+        match &r.status {
+            TopicStatus::Created => {
+                s.created += 1;
+                println!("{}: created", r.topic);
+            }
+            TopicStatus::Matches => {
+                s.ok += 1;
+                println!("{}: exists, as wanted", r.topic);
+            }
+            TopicStatus::Missing => {
+                s.missing += 1;
+                println!("{}: MISSING", r.topic);
+            }
+            TopicStatus::Differs(diffs) => {
+                s.differ += 1;
+                println!("{}: exists, DIFFERS", r.topic);
+                for d in diffs {
+                    println!("WARNING {}: {d}", r.topic);
+                }
+            }
+        }
+        if let Some(why) = &r.unchecked {
+            s.unchecked += 1;
+            println!("WARNING {}: {why}", r.topic);
+        }
+    }
+    s
 }
 
 fn postgres(src: &ConfigSource, url: Option<String>) -> anyhow::Result<PostgresConfig> {
@@ -273,14 +388,42 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Topics { partitions } => {
-            let k: KafkaConfig = src.section("kafka")?;
+        Command::Topics {
+            partitions,
+            replication_factor,
+            min_insync_replicas,
+            retention,
+            dead_letter_retention,
+            check,
+        } => {
+            let mut k: KafkaConfig = src.section("kafka")?;
             let n = partitions.unwrap_or(k.partitions);
-            kafka::ensure_topics(&k, &topic::ALL, n)
+            anyhow::ensure!(n >= 1, "--partitions must be at least 1");
+            let t = &mut k.topics;
+            t.replication_factor = replication_factor.unwrap_or(t.replication_factor);
+            t.min_insync_replicas = min_insync_replicas.unwrap_or(t.min_insync_replicas);
+            t.retention = retention.unwrap_or(t.retention);
+            t.dead_letter_retention = dead_letter_retention.unwrap_or(t.dead_letter_retention);
+            anyhow::ensure!(
+                t.min_insync_replicas <= t.replication_factor,
+                "min.insync.replicas {} is more than the replication factor {}: no acks=all \
+                 produce could succeed; lower --min-insync-replicas or raise --replication-factor \
+                 (kafka.topics.min_insync_replicas / kafka.topics.replication_factor)",
+                t.min_insync_replicas,
+                t.replication_factor
+            );
+            let mode = if check {
+                topic_admin::Mode::Check
+            } else {
+                topic_admin::Mode::Create
+            };
+            let reports = topic_admin::reconcile_topics(&k, &topic::ALL, n, mode)
                 .await
-                .context("create topics")?;
-            for t in topic::ALL {
-                println!("{}", k.topic(t));
+                .context("storepulse topics")?;
+            let summary = print_topic_reports(&reports);
+            println!("{summary}");
+            if check && !summary.all_as_wanted() {
+                std::process::exit(1);
             }
             Ok(())
         }

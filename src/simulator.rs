@@ -9,8 +9,10 @@
 //!
 //! Everything is drawn from one ChaCha8 stream seeded by `seed`, on a simulated
 //! clock starting at `start`: the same configuration gives the same events, ids
-//! included. A fraction `invalid_ratio` of events is deliberately corrupted (and
-//! marked so), to exercise rejection paths.
+//! included. Event ids are UUIDv5 over (tenant, seed, store, per-store sequence)
+//! ([`event_id`]), not drawn from the stream, so two tenants or two stores never
+//! share an id even with the same seed. A fraction `invalid_ratio` of events is
+//! deliberately corrupted (and marked so), to exercise rejection paths.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -89,6 +91,8 @@ struct StoreState {
     /// Whole store offline until.
     offline_until: Option<DateTime<Utc>>,
     next_txn: u64,
+    /// Sequence number of the store's next event (its id is derived from it).
+    next_event: u64,
     stock: Vec<f64>,
 }
 
@@ -199,6 +203,7 @@ impl Simulator {
                 silent_terminal: None,
                 offline_until: None,
                 next_txn: 1,
+                next_event: 0,
                 stock: catalogue
                     .iter()
                     .map(|_| rng.random_range(20.0..200.0_f64).round())
@@ -231,12 +236,12 @@ impl Simulator {
             .and_then(|Reverse((t, _))| DateTime::from_timestamp_micros(*t))
     }
 
-    fn event_id(&mut self) -> String {
-        let bytes: [u8; 16] = self.rng.random();
-        uuid::Builder::from_random_bytes(bytes)
-            .into_uuid()
-            .hyphenated()
-            .to_string()
+    /// The id of the store's next event; advances its sequence.
+    fn next_event_id(&mut self, store: usize) -> String {
+        let st = &mut self.stores[store];
+        let seq = st.next_event;
+        st.next_event += 1;
+        event_id(&self.cfg.tenant_id, self.cfg.seed, &st.id, seq)
     }
 
     /// Sales per hour multiplier: closed at night, peaks at noon and evening, busier weekends.
@@ -277,7 +282,7 @@ impl Simulator {
     }
 
     fn envelope(&mut self, store: usize, ty: &str, t: DateTime<Utc>) -> (String, Value) {
-        let id = self.event_id();
+        let id = self.next_event_id(store);
         let v = json!({
             "type": ty,
             "event_id": id,
@@ -485,6 +490,24 @@ impl Simulator {
     }
 }
 
+/// Namespace of simulated event ids (UUIDv5), fixed so ids are stable across releases.
+const EVENT_ID_NAMESPACE: Uuid = Uuid::from_u128(0x5d0f_3c1e_8a2b_4f6d_9e71_c0a4_b3d2_e158);
+
+/// The id of the `seq`-th event of `store` of `tenant` in the simulation seeded by
+/// `seed`: a UUIDv5 over those four, length-prefixed so no two different tuples
+/// give the same name. Deterministic, and distinct across tenants, stores and seeds.
+pub fn event_id(tenant: &str, seed: u64, store: &str, seq: u64) -> String {
+    let mut name = Vec::with_capacity(32 + tenant.len() + store.len());
+    for part in [tenant.as_bytes(), &seed.to_be_bytes(), store.as_bytes()] {
+        name.extend_from_slice(&(part.len() as u64).to_be_bytes());
+        name.extend_from_slice(part);
+    }
+    name.extend_from_slice(&seq.to_be_bytes());
+    Uuid::new_v5(&EVENT_ID_NAMESPACE, &name)
+        .hyphenated()
+        .to_string()
+}
+
 /// A new random UUID string (for callers needing ids outside the simulation).
 pub fn random_id() -> String {
     Uuid::new_v4().to_string()
@@ -513,6 +536,47 @@ mod tests {
         assert_eq!(a, b);
         let c = Simulator::new(cfg(8)).take(2_000);
         assert_ne!(a, c);
+    }
+
+    fn ids(cfg: SimConfig, n: usize) -> Vec<String> {
+        Simulator::new(cfg)
+            .take(n)
+            .into_iter()
+            .filter(|e| e.invalid_field != Some("event_id"))
+            .map(|e| e.event_id)
+            .collect()
+    }
+
+    #[test]
+    fn event_ids_are_unique_per_tenant_and_store_and_repeatable() {
+        let acme = ids(cfg(42), 3_000);
+        assert_eq!(acme, ids(cfg(42), 3_000), "same config, same ids");
+        let unique: std::collections::HashSet<&String> = acme.iter().collect();
+        assert_eq!(unique.len(), acme.len(), "no two events share an id");
+        let globex = ids(
+            SimConfig {
+                tenant_id: "globex".into(),
+                ..cfg(42)
+            },
+            3_000,
+        );
+        let shared: Vec<&String> = globex.iter().filter(|id| unique.contains(id)).collect();
+        assert!(
+            shared.is_empty(),
+            "two tenants with one seed share ids: {shared:?}"
+        );
+        let other_seed = ids(cfg(43), 3_000);
+        assert!(other_seed.iter().all(|id| !unique.contains(id)));
+        for id in &acme {
+            Uuid::parse_str(id).unwrap_or_else(|e| panic!("{id} is not a UUID: {e}"));
+        }
+    }
+
+    #[test]
+    fn event_id_tuples_do_not_collide_by_concatenation() {
+        assert_ne!(event_id("a", 1, "bc", 0), event_id("ab", 1, "c", 0));
+        assert_ne!(event_id("t", 1, "s", 0), event_id("t", 1, "s", 1));
+        assert_eq!(event_id("t", 1, "s", 7), event_id("t", 1, "s", 7));
     }
 
     #[test]

@@ -145,6 +145,8 @@ pub struct KafkaConfig {
     pub partitions: i32,
     /// Extra librdkafka properties (security.protocol, sasl.*, ...), passed verbatim.
     pub properties: BTreeMap<String, String>,
+    /// Durability and retention of the topics `storepulse topics` creates and checks.
+    pub topics: TopicSettings,
 }
 
 impl Default for KafkaConfig {
@@ -156,7 +158,197 @@ impl Default for KafkaConfig {
             fetch_wait_max_ms: 10,
             partitions: 6,
             properties: BTreeMap::new(),
+            topics: TopicSettings::default(),
         }
+    }
+}
+
+/// `[kafka.topics]`: the settings every pipeline topic is created with, and that
+/// `storepulse topics` checks existing topics against. The defaults are for a
+/// production cluster of at least three brokers; a single local broker (the dev
+/// stack, the tests) uses [`TopicSettings::single_broker`]. See
+/// `docs/decisions/0005-topic-settings.md`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicSettings {
+    /// Copies of every partition. Default [`default_replication_factor`].
+    #[serde(default = "default_replication_factor")]
+    pub replication_factor: i16,
+    /// `min.insync.replicas`: with the producers' `acks=all`, an acknowledged record
+    /// is on at least this many brokers. Default [`default_min_insync_replicas`].
+    #[serde(default = "default_min_insync_replicas")]
+    pub min_insync_replicas: i16,
+    /// `retention.ms` of the event-log topics (every topic but the dead letters):
+    /// the read store is rebuilt from them. Default [`default_retention`].
+    #[serde(default = "default_retention")]
+    pub retention: Retention,
+    /// `retention.ms` of the dead-letter topic `ingest.rejected.v1`.
+    /// Default [`default_dead_letter_retention`].
+    #[serde(default = "default_dead_letter_retention")]
+    pub dead_letter_retention: Retention,
+}
+
+/// 3: survives the loss of one broker while still holding two copies.
+pub fn default_replication_factor() -> i16 {
+    3
+}
+
+/// 2: an acknowledged record is on two brokers before ingest answers, so losing
+/// any one broker loses nothing accepted.
+pub fn default_min_insync_replicas() -> i16 {
+    2
+}
+
+/// Unlimited: the event-log topics are the source of truth; the read store is
+/// rebuilt by replaying them from the start.
+pub fn default_retention() -> Retention {
+    Retention::Unlimited
+}
+
+/// 30 days: dead letters are evidence for operators to inspect and re-submit, not
+/// a source the read store is rebuilt from (the compactor also keeps every one in
+/// `rejected_events`), and a poison-record storm must not grow the log forever.
+pub fn default_dead_letter_retention() -> Retention {
+    Retention::Finite(std::time::Duration::from_secs(30 * 86_400))
+}
+
+impl Default for TopicSettings {
+    fn default() -> Self {
+        Self {
+            replication_factor: default_replication_factor(),
+            min_insync_replicas: default_min_insync_replicas(),
+            retention: default_retention(),
+            dead_letter_retention: default_dead_letter_retention(),
+        }
+    }
+}
+
+impl TopicSettings {
+    /// For a cluster of one broker (dev stack, tests): one copy, one in sync,
+    /// retention as in production.
+    pub fn single_broker() -> Self {
+        Self {
+            replication_factor: 1,
+            min_insync_replicas: 1,
+            ..Self::default()
+        }
+    }
+
+    fn validate(&self, s: &str) -> Result<(), ConfigError> {
+        let s = format!("{s}.topics");
+        if self.replication_factor < 1 {
+            return Err(invalid(&s, "replication_factor", "must be >= 1"));
+        }
+        if self.min_insync_replicas < 1 {
+            return Err(invalid(&s, "min_insync_replicas", "must be >= 1"));
+        }
+        if self.min_insync_replicas > self.replication_factor {
+            return Err(invalid(
+                &s,
+                "min_insync_replicas",
+                format!(
+                    "{} is more than the replication factor {}: no produce with acks=all could succeed",
+                    self.min_insync_replicas, self.replication_factor
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// How long a topic keeps records: `unlimited` or a duration such as `30d`, `12h`,
+/// `90m`, `2w`, `500ms` (units ms, s, m, h, d, w).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retention {
+    Unlimited,
+    Finite(std::time::Duration),
+}
+
+impl Retention {
+    /// The value of the topic config `retention.ms` (`-1` = unlimited).
+    pub fn as_retention_ms(&self) -> i64 {
+        match self {
+            Retention::Unlimited => -1,
+            Retention::Finite(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+        }
+    }
+
+    /// A `retention.ms` value in the humane form, for messages (`-1` → `unlimited`).
+    pub fn describe_ms(ms: i64) -> String {
+        match u64::try_from(ms) {
+            Ok(ms) => Retention::Finite(std::time::Duration::from_millis(ms)).to_string(),
+            Err(_) => Retention::Unlimited.to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for Retention {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let d = match self {
+            Retention::Unlimited => return f.write_str("unlimited"),
+            Retention::Finite(d) => d,
+        };
+        let ms = d.as_millis();
+        for (unit, size) in [
+            ("w", 604_800_000u128),
+            ("d", 86_400_000),
+            ("h", 3_600_000),
+            ("m", 60_000),
+            ("s", 1_000),
+        ] {
+            if ms >= size && ms % size == 0 {
+                return write!(f, "{}{unit}", ms / size);
+            }
+        }
+        write!(f, "{ms}ms")
+    }
+}
+
+impl std::str::FromStr for Retention {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let t = text.trim();
+        if t.eq_ignore_ascii_case("unlimited") {
+            return Ok(Retention::Unlimited);
+        }
+        let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (number, unit) = t.split_at(digits);
+        let bad = || {
+            format!(
+                "{text:?} is not a retention: use `unlimited` or a number with a unit (ms, s, m, h, d, w), e.g. 30d"
+            )
+        };
+        let n: u64 = number.parse().map_err(|_| bad())?;
+        let ms_per = match unit {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            "w" => 604_800_000,
+            _ => return Err(bad()),
+        };
+        if n == 0 {
+            return Err(format!(
+                "{text:?}: a retention of zero would delete every record at once"
+            ));
+        }
+        let ms = n.checked_mul(ms_per).ok_or_else(bad)?;
+        Ok(Retention::Finite(std::time::Duration::from_millis(ms)))
+    }
+}
+
+impl Serialize for Retention {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Retention {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -191,7 +383,7 @@ impl Validate for KafkaConfig {
         {
             return Err(invalid(s, "topic_prefix", "only [A-Za-z0-9._-] allowed"));
         }
-        Ok(())
+        self.topics.validate(s)
     }
 }
 
@@ -364,6 +556,59 @@ mod tests {
             ConfigSource::from_toml("[kafka]\nproduce_timeout_ms = \"soon\"\n").expect("loads");
         let err = src.section::<KafkaConfig>("kafka").expect_err("wrong type");
         assert!(err.to_string().contains("produce_timeout_ms"), "{err}");
+    }
+
+    #[test]
+    fn topic_settings_default_for_production_and_parse_humane_retention() {
+        let src = ConfigSource::from_toml("").expect("empty");
+        let k: KafkaConfig = src.section("kafka").expect("defaults");
+        assert_eq!(k.topics.replication_factor, 3);
+        assert_eq!(k.topics.min_insync_replicas, 2);
+        assert_eq!(k.topics.retention.as_retention_ms(), -1);
+        assert_eq!(
+            k.topics.dead_letter_retention.as_retention_ms(),
+            2_592_000_000
+        );
+
+        let src = ConfigSource::from_toml(
+            "[kafka.topics]\nreplication_factor = 1\nmin_insync_replicas = 1\nretention = \"2w\"\n",
+        )
+        .expect("loads");
+        let k: KafkaConfig = src.section("kafka").expect("valid");
+        assert_eq!(k.topics.retention.as_retention_ms(), 14 * 86_400_000);
+        assert_eq!(k.topics.retention.to_string(), "2w");
+        assert_eq!(k.topics.dead_letter_retention.to_string(), "30d");
+
+        for (text, ms) in [("unlimited", -1), ("90m", 5_400_000), ("500ms", 500)] {
+            let r: Retention = text.parse().expect(text);
+            assert_eq!(r.as_retention_ms(), ms, "{text}");
+            assert_eq!(r.to_string(), text);
+        }
+        for bad in ["7", "7 days", "0d", "-1", "d", ""] {
+            assert!(bad.parse::<Retention>().is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(Retention::describe_ms(-1), "unlimited");
+        assert_eq!(Retention::describe_ms(604_800_000), "1w");
+    }
+
+    #[test]
+    fn bad_topic_settings_are_named() {
+        for (toml, key) in [
+            ("[kafka.topics]\nretention = \"forever\"\n", "retention"),
+            (
+                "[kafka.topics]\nreplication_factor = 2\nmin_insync_replicas = 3\n",
+                "kafka.topics.min_insync_replicas",
+            ),
+            (
+                "[kafka.topics]\nreplication_factor = 0\n",
+                "kafka.topics.replication_factor",
+            ),
+            ("[kafka.topics]\nreplicas = 3\n", "replicas"),
+        ] {
+            let src = ConfigSource::from_toml(toml).expect("loads");
+            let err = src.section::<KafkaConfig>("kafka").expect_err(toml);
+            assert!(err.to_string().contains(key), "{toml}: {err}");
+        }
     }
 
     #[test]

@@ -5,8 +5,6 @@
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -16,6 +14,7 @@ use crate::config::KafkaConfig;
 use crate::metrics::ProducerMetrics;
 use crate::ops_http::ReadinessCheck;
 use crate::records::Record;
+use crate::topic_admin::{Mode, TopicError, TopicReport, TopicStatus, reconcile_topics};
 
 /// Base librdkafka configuration of every client: brokers, client id, extra properties.
 pub fn client_config(cfg: &KafkaConfig, client_id: &str) -> ClientConfig {
@@ -165,30 +164,23 @@ impl EventProducer {
     }
 }
 
-/// Creates the pipeline's topics that do not exist yet; existing ones are left alone.
+/// Creates the pipeline's topics that do not exist yet, with the partitions given
+/// and the durability and retention of `cfg.topics`, and compares the existing ones
+/// with what is wanted (they are never changed). See [`crate::topic_admin`].
 pub async fn ensure_topics(
     cfg: &KafkaConfig,
     topics: &[&str],
     partitions: i32,
-) -> Result<(), KafkaError> {
-    let admin: AdminClient<DefaultClientContext> =
-        client_config(cfg, "storepulse-admin").create()?;
-    let names: Vec<String> = topics.iter().map(|t| cfg.topic(t)).collect();
-    let new: Vec<NewTopic> = names
-        .iter()
-        .map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(1)))
-        .collect();
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    for result in admin.create_topics(new.iter(), &opts).await? {
-        match result {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => {
-                tracing::error!(%topic, ?code, "cannot create topic");
-                return Err(KafkaError::AdminOp(code));
+) -> Result<Vec<TopicReport>, TopicError> {
+    let reports = reconcile_topics(cfg, topics, partitions, Mode::Create).await?;
+    for r in &reports {
+        if let TopicStatus::Differs(diffs) = &r.status {
+            for d in diffs {
+                tracing::warn!(topic = %r.topic, difference = %d, "existing topic differs from its wanted settings");
             }
         }
     }
-    Ok(())
+    Ok(reports)
 }
 
 /// Fetches cluster metadata once; Ok when a broker answers.

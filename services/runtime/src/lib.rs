@@ -18,10 +18,11 @@ pub mod schema_registry;
 pub mod service_shell;
 pub mod shutdown;
 pub mod telemetry;
+pub mod topic_admin;
 pub mod vocabulary;
 
 pub use avro::AvroCodec;
-pub use config::{ConfigSource, KafkaConfig, LogConfig, PostgresConfig};
+pub use config::{ConfigSource, KafkaConfig, LogConfig, PostgresConfig, Retention, TopicSettings};
 pub use dead_letter::{DeadLetters, Rejection};
 pub use kafka::EventProducer;
 pub use metrics::{ConsumerMetrics, ProducerMetrics};
