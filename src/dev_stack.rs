@@ -121,7 +121,7 @@ pub async fn run(opts: DevOptions, shutdown: CancellationToken) -> anyhow::Resul
     let broker = LocalBroker::start(root.path(), "memory://nisshi/", None)?;
     let kafka_cfg = broker.kafka_config("", 6);
     wait_for_broker(&kafka_cfg).await?;
-    kafka::ensure_topics(&kafka_cfg, &topic::ALL, kafka_cfg.partitions).await?;
+    kafka::ensure_topics(&kafka_cfg, &topic::PROVISIONED, kafka_cfg.partitions).await?;
     let postgres = PostgresConfig {
         url: database_url.clone(),
         ..PostgresConfig::default()

@@ -417,7 +417,7 @@ async fn main() -> anyhow::Result<()> {
             } else {
                 topic_admin::Mode::Create
             };
-            let reports = topic_admin::reconcile_topics(&k, &topic::ALL, n, mode)
+            let reports = topic_admin::reconcile_topics(&k, &topic::PROVISIONED, n, mode)
                 .await
                 .context("storepulse topics")?;
             let summary = print_topic_reports(&reports);

@@ -43,7 +43,7 @@ impl TestStack {
         );
         let kafka = broker.kafka_config(&prefix, PARTITIONS);
         wait_for_broker(&kafka).await.expect("broker ready");
-        kafka::ensure_topics(&kafka, &topic::ALL, PARTITIONS)
+        kafka::ensure_topics(&kafka, &topic::PROVISIONED, PARTITIONS)
             .await
             .expect("create topics");
         let postgres = PostgresConfig {

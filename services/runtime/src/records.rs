@@ -64,7 +64,22 @@ pub mod topic {
     pub const ALERTS: &str = "alerts.v1";
     pub const FORECASTS: &str = "forecasts.v1";
     pub const NOTIFICATIONS: &str = "notifications.v1";
-    /// Every topic of the pipeline, in a stable order.
+    /// The writer-schema registry (compacted, one partition); see
+    /// [`crate::schema_registry`].
+    pub const SCHEMAS: &str = "storepulse.schemas.v1";
+    /// Every topic a deployment provisions: the record topics and the registry.
+    pub const PROVISIONED: [&str; 9] = [
+        SALES,
+        INVENTORY,
+        DEVICE,
+        SENSOR_READINGS,
+        REJECTED,
+        ALERTS,
+        FORECASTS,
+        NOTIFICATIONS,
+        SCHEMAS,
+    ];
+    /// Every record topic of the pipeline, in a stable order.
     pub const ALL: [&str; 8] = [
         SALES,
         INVENTORY,

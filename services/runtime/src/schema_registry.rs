@@ -17,10 +17,8 @@
 use std::time::{Duration, Instant};
 
 use apache_avro::Schema;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::{info, warn};
@@ -33,8 +31,9 @@ use crate::records::{
     RejectedRecord, SaleTransaction, SensorReading,
 };
 
-/// Base name of the registry topic (one partition, compacted).
-pub const SCHEMAS_TOPIC: &str = "storepulse.schemas.v1";
+/// Base name of the registry topic (one partition, compacted; created with the
+/// others by [`crate::kafka::ensure_topics`]).
+pub const SCHEMAS_TOPIC: &str = crate::records::topic::SCHEMAS;
 
 /// Why the registry could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -79,24 +78,6 @@ pub async fn publish(producer: &EventProducer, schema_json: &str) -> Result<Stri
 pub async fn publish_bundled(producer: &EventProducer) -> Result<(), ProduceError> {
     for text in bundled_texts() {
         publish(producer, text).await?;
-    }
-    Ok(())
-}
-
-/// Creates the registry topic if missing: one partition (order is irrelevant, the
-/// whole topic is read), compacted, replicated like the event topics.
-pub async fn ensure_topic(cfg: &KafkaConfig, replication: i32) -> Result<(), KafkaError> {
-    let admin: AdminClient<DefaultClientContext> =
-        client_config(cfg, "storepulse-admin").create()?;
-    let name = cfg.topic(SCHEMAS_TOPIC);
-    let topic = NewTopic::new(&name, 1, TopicReplication::Fixed(replication))
-        .set("cleanup.policy", "compact");
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    for result in admin.create_topics([&topic], &opts).await? {
-        match result {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((_, code)) => return Err(KafkaError::AdminOp(code)),
-        }
     }
     Ok(())
 }

@@ -37,6 +37,9 @@ pub enum TopicClass {
     EventLog,
     /// Dead letters (`ingest.rejected.v1`): evidence for operators.
     DeadLetter,
+    /// The writer-schema registry (`storepulse.schemas.v1`): one partition,
+    /// compacted (one record per fingerprint, kept forever).
+    SchemaRegistry,
 }
 
 impl TopicClass {
@@ -44,6 +47,8 @@ impl TopicClass {
     pub fn of(base: &str) -> Self {
         if base == topic::REJECTED {
             TopicClass::DeadLetter
+        } else if base == crate::schema_registry::SCHEMAS_TOPIC {
+            TopicClass::SchemaRegistry
         } else {
             TopicClass::EventLog
         }
@@ -65,17 +70,24 @@ impl TopicSpec {
     /// The spec of base topic `base` under `cfg.topics` with `partitions`.
     pub fn new(cfg: &KafkaConfig, base: &str, partitions: i32) -> Self {
         let t = &cfg.topics;
-        let retention = match TopicClass::of(base) {
+        let class = TopicClass::of(base);
+        let retention = match class {
             TopicClass::EventLog => t.retention,
             TopicClass::DeadLetter => t.dead_letter_retention,
+            TopicClass::SchemaRegistry => Retention::Unlimited,
+        };
+        let (partitions, cleanup) = match class {
+            TopicClass::SchemaRegistry => (1, "compact"),
+            _ => (partitions, "delete"),
         };
         let configs = BTreeMap::from([
             (MIN_INSYNC_REPLICAS, t.min_insync_replicas.to_string()),
             (RETENTION_MS, retention.as_retention_ms().to_string()),
             // Time is the only limit: a broker-wide size limit must not delete history.
             (RETENTION_BYTES, "-1".to_string()),
-            // Never compaction: every event counts, not only the latest per key.
-            (CLEANUP_POLICY, "delete".to_string()),
+            // Never compaction for events: every event counts, not only the latest
+            // per key. The schema registry is the one compacted topic.
+            (CLEANUP_POLICY, cleanup.to_string()),
         ]);
         Self {
             name: cfg.topic(base),
