@@ -217,3 +217,152 @@ async fn broker_down_answers_503_and_not_ready() {
     assert!(ready.text().await.expect("body").contains("kafka:"));
     shutdown.cancel();
 }
+
+/// Sends `body` with the given raw headers; returns status and JSON body.
+async fn post_raw(url: &str, headers: &[(&str, &str)], body: Vec<u8>) -> (u16, Value) {
+    let mut req = reqwest::Client::new()
+        .post(format!("{url}/v1/events"))
+        .body(body);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().await.expect("request");
+    let status = resp.status().as_u16();
+    (status, resp.json::<Value>().await.unwrap_or(Value::Null))
+}
+
+fn result_of(body: &Value, index: usize) -> (String, String, String) {
+    let r = &body["results"][index];
+    (
+        r["status"].as_str().unwrap_or_default().to_string(),
+        r["field"].as_str().unwrap_or_default().to_string(),
+        r["reason"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+/// The bounds a foreign connector hit: unstorable strings, nil and repeated ids,
+/// ancient events, absurd quantities, non-JSON bodies, scheme case, broken bodies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_bound_is_enforced_with_a_named_field() {
+    let stack = TestStack::start("bounds").await;
+    let shutdown = CancellationToken::new();
+    let url = start(&stack, IngestSettings::default(), None, shutdown.clone()).await;
+    let key = storepulse_ingest::api_keys::create(&stack.pool, "acme", "s-1", "t")
+        .await
+        .expect("key");
+    let auth = format!("Bearer {}", key.token);
+    let json_ct = ("content-type", "application/json");
+
+    let now = chrono::Utc::now();
+    let snapshot = |sku: &str, qty: Value| {
+        json!({"type":"stock_snapshot","event_id":uuid::Uuid::new_v4().to_string(),"store_id":"s-1",
+               "occurred_at":now.to_rfc3339(),"sku":sku,"quantity":qty})
+    };
+    let mut nil = reading("s-1");
+    nil["event_id"] = json!(uuid::Uuid::nil().to_string());
+    let mut ancient = reading("s-1");
+    ancient["occurred_at"] = json!("1970-01-01T00:00:00Z");
+    let mut with_nul_key = reading("s-1");
+    with_nul_key["col\u{0}our"] = json!("red");
+    let twin = reading("s-1");
+    let mut twin_again = reading("s-1");
+    twin_again["event_id"] = twin["event_id"].clone();
+    twin_again["value"] = json!(-10.0);
+    let batch = json!([
+        snapshot("milk\u{0}x", json!(3)),    // 0: NUL in a string
+        snapshot("milk", json!(1e300)),       // 1: absurd quantity
+        snapshot("milk", json!(0.0001)),      // 2: more than 3 decimals
+        nil,                                  // 3
+        ancient,                              // 4
+        with_nul_key,                         // 5
+        twin,                                 // 6: accepted
+        twin_again,                           // 7: same id again in the batch
+        snapshot("milk", json!(2.5)),         // 8: accepted
+    ]);
+    let (s, body) = post_raw(
+        &url,
+        &[("authorization", &auth), json_ct],
+        serde_json::to_vec(&batch).expect("json"),
+    )
+    .await;
+    assert_eq!(s, 207, "{body}");
+    let expect = [
+        (0, "sku", "NUL"),
+        (1, "quantity", "magnitude"),
+        (2, "quantity", "3 decimal"),
+        (3, "event_id", "nil UUID"),
+        (4, "occurred_at", "older than"),
+        (5, "col\\u{0}our", "unknown field"),
+        (7, "event_id", "repeats the id of event 6"),
+    ];
+    for (i, field, reason) in expect {
+        let (status, f, r) = result_of(&body, i);
+        assert_eq!((status.as_str(), f.as_str()), ("rejected", field), "event {i}: {body}");
+        assert!(r.contains(reason), "event {i}: {r}");
+    }
+    assert_eq!(result_of(&body, 6).0, "accepted");
+    assert_eq!(result_of(&body, 8).0, "accepted");
+    assert_eq!(body["accepted"], 2);
+
+    // Money is exact: 3 × 0.333 kg at 199 and 1 × 0.001 at 1 → 198.801 + 0.001 = 199 (rounded).
+    let sale = json!([{"type":"sale","event_id":uuid::Uuid::new_v4().to_string(),"store_id":"s-1",
+        "occurred_at":now.to_rfc3339(),"transaction_id":"t","terminal_id":"pos-1","currency":"EUR",
+        "lines":[{"sku":"a","quantity":0.333,"unit_price_minor":199},
+                 {"sku":"a","quantity":0.333,"unit_price_minor":199},
+                 {"sku":"a","quantity":0.333,"unit_price_minor":199},
+                 {"sku":"b","quantity":0.001,"unit_price_minor":1}]}]);
+    let (s, body) = post_raw(
+        &url,
+        &[("authorization", &auth), json_ct],
+        serde_json::to_vec(&sale).expect("json"),
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+
+    // The scheme is case-insensitive; a non-JSON content type is 415.
+    let one = serde_json::to_vec(&json!([reading("s-1")])).expect("json");
+    let lower = format!("bearer {}", key.token);
+    let (s, body) = post_raw(&url, &[("authorization", &lower), json_ct], one.clone()).await;
+    assert_eq!(s, 200, "{body}");
+    let (s, body) = post_raw(
+        &url,
+        &[("authorization", &auth), ("content-type", "application/json; charset=utf-8")],
+        one.clone(),
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    for ct in [Some("text/plain"), Some("application/x-www-form-urlencoded"), None] {
+        let mut headers = vec![("authorization", auth.as_str())];
+        if let Some(ct) = ct {
+            headers.push(("content-type", ct));
+        }
+        let (s, body) = post_raw(&url, &headers, one.clone()).await;
+        assert_eq!(
+            (s, body["error"].as_str()),
+            (415, Some("unsupported_media_type")),
+            "{ct:?}: {body}"
+        );
+    }
+
+    // A body that breaks off mid-way is a bad request, not "too large".
+    let addr = url.trim_start_matches("http://").to_string();
+    let answer = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut sock = std::net::TcpStream::connect(addr).expect("connect");
+        let head = format!(
+            "POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n[{{\"type\":"
+        );
+        sock.write_all(head.as_bytes()).expect("write");
+        sock.shutdown(std::net::Shutdown::Write).expect("half-close");
+        let mut out = String::new();
+        let _ = sock.read_to_string(&mut out);
+        out
+    })
+    .await
+    .expect("join");
+    assert!(
+        answer.starts_with("HTTP/1.1 400") && answer.contains("unreadable_body"),
+        "{answer}"
+    );
+    shutdown.cancel();
+}

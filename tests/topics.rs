@@ -180,7 +180,7 @@ async fn topics_are_created_with_settings_and_differences_are_reported() {
         all.contains(&format!("WARNING {sales}: partitions is 2, wanted 4")),
         "{all}"
     );
-    assert!(all.contains("7 as wanted, 1 differ, 0 missing"), "{all}");
+    assert!(all.contains("8 as wanted, 1 differ, 0 missing"), "{all}");
 
     // --check on a prefix without topics: all missing, still nothing created.
     let empty = with_prefix(&stack, "none");

@@ -8,10 +8,11 @@
 //! | 200 | every event accepted |
 //! | 207 | some accepted, some rejected (see `results`) |
 //! | 422 | every event rejected (see `results`) |
-//! | 400 | body is not a JSON array of events, or is empty |
+//! | 400 | body is not a JSON array of events, is empty, or could not be read whole |
 //! | 401 | missing, unknown or revoked API key |
 //! | 403 | an event names another tenant or store than the key's; nothing published |
 //! | 413 | body larger than `max_body_bytes`, or more than `max_batch_events` events |
+//! | 415 | `Content-Type` is not JSON (`application/json`, or `application/*+json`) |
 //! | 429 | the key's event rate is exhausted; `Retry-After` says when to retry |
 //! | 503 | broker or key store unavailable; `Retry-After`; retry the whole batch |
 //!
@@ -40,7 +41,7 @@ use tracing::{info, warn};
 use crate::IngestSettings;
 use crate::api_keys::{Authn, KeyStore};
 use crate::rate_limit::RateLimiter;
-use crate::validate::{Checked, ValidEvent, ValidationPolicy, check_event};
+use crate::validate::{Checked, ValidEvent, check_event};
 
 /// Metrics of the ingest API (bounded labels).
 #[derive(Debug, Clone)]
@@ -150,20 +151,71 @@ pub async fn post_events(
     resp
 }
 
+/// The token of an `Authorization: Bearer <token>` header; the scheme is
+/// case-insensitive (RFC 9110 §11.1).
+fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// Whether the request says its body is JSON.
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(ct) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+}
+
+/// Whether a body read failed because the body is longer than the limit (413), not
+/// because the client broke off or sent a malformed body (400).
+fn is_length_limit(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
+/// The first earlier event in the batch with the same id, for each event.
+fn repeated_ids(checked: &[Checked]) -> Vec<Option<usize>> {
+    let mut first: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    checked
+        .iter()
+        .enumerate()
+        .map(|(i, c)| match c {
+            Checked::Valid(ev) => match first.get(ev.event_id()) {
+                Some(&earlier) => Some(earlier),
+                None => {
+                    first.insert(ev.event_id(), i);
+                    None
+                }
+            },
+            Checked::Invalid { .. } => None,
+        })
+        .collect()
+}
+
 async fn handle(api: &IngestApi, headers: &HeaderMap, body: Body) -> Response {
     let s = &api.settings;
-    let Some(token) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-    else {
+    let Some(token) = bearer_token(headers) else {
         return error(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "missing `Authorization: Bearer <api key>` header",
         );
     };
-    let (who, key_id) = match api.keys.authenticate(token.trim()).await {
+    let (who, key_id) = match api.keys.authenticate(token).await {
         Ok(Authn::Store(who, key_id)) => (who, key_id),
         Ok(Authn::Unknown) => {
             return error(
@@ -185,8 +237,22 @@ async fn handle(api: &IngestApi, headers: &HeaderMap, body: Body) -> Response {
         }
     };
 
+    if !is_json(headers) {
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the batch as JSON with `Content-Type: application/json`",
+        );
+    }
     let bytes = match axum::body::to_bytes(body, s.max_body_bytes).await {
         Ok(b) => b,
+        Err(e) if !is_length_limit(&e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "unreadable_body",
+                format!("the request body could not be read whole: {e}"),
+            );
+        }
         Err(_) => {
             return error(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -241,9 +307,7 @@ async fn handle(api: &IngestApi, headers: &HeaderMap, body: Body) -> Response {
     }
 
     let now = Utc::now();
-    let policy = ValidationPolicy {
-        max_future_skew: chrono::Duration::seconds(s.max_future_skew_secs as i64),
-    };
+    let policy = s.validation_policy();
     let mut checked = Vec::with_capacity(raw.len());
     for (index, r) in raw.iter().enumerate() {
         let value: serde_json::Value = match serde_json::from_str(r.get()) {
@@ -268,6 +332,21 @@ async fn handle(api: &IngestApi, headers: &HeaderMap, body: Body) -> Response {
                     ),
                 );
             }
+        }
+    }
+
+    // An id may appear once per batch: a second event under it is refused (the first
+    // one stands), never silently merged into it.
+    for (index, earlier) in repeated_ids(&checked).into_iter().enumerate() {
+        if let Some(earlier) = earlier {
+            let event_id = Some(checked[index].event_id().to_string());
+            checked[index] = Checked::Invalid {
+                event_id,
+                rejection: Rejection::field(
+                    "event_id",
+                    format!("repeats the id of event {earlier} in this batch; every event needs its own id"),
+                ),
+            };
         }
     }
 

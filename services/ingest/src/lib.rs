@@ -29,6 +29,7 @@ use tracing::info;
 use crate::api::{IngestApi, IngestMetrics};
 use crate::api_keys::KeyStore;
 use crate::rate_limit::RateLimiter;
+use crate::validate::ValidationPolicy;
 
 /// The `[ingest]` section.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -50,6 +51,13 @@ pub struct IngestSettings {
     pub retry_after_secs: u64,
     /// How far in the future `occurred_at` may be (device clock skew).
     pub max_future_skew_secs: u64,
+    /// How far in the past `occurred_at` may be. Store gateways buffer for days while
+    /// offline, so the default is 30 days; older events are refused, not stored.
+    pub max_event_age_secs: u64,
+    /// Largest absolute quantity of a sale line, stock level or adjustment.
+    pub max_quantity: f64,
+    /// Largest unit price, in minor currency units.
+    pub max_unit_price_minor: i64,
     /// Time given to in-flight requests on SIGTERM, in ms.
     pub shutdown_grace_ms: u64,
 }
@@ -65,6 +73,9 @@ impl Default for IngestSettings {
             key_cache_ttl_ms: 30_000,
             retry_after_secs: 5,
             max_future_skew_secs: 300,
+            max_event_age_secs: 30 * 24 * 3600,
+            max_quantity: 1_000_000.0,
+            max_unit_price_minor: 100_000_000_000,
             shutdown_grace_ms: 30_000,
         }
     }
@@ -84,7 +95,29 @@ impl Validate for IngestSettings {
         if self.rate_limit_burst < 1.0 {
             return Err(invalid(s, "rate_limit_burst", "must be >= 1"));
         }
+        if self.max_event_age_secs == 0 {
+            return Err(invalid(s, "max_event_age_secs", "must be > 0"));
+        }
+        if !(self.max_quantity.is_finite() && self.max_quantity > 0.0 && self.max_quantity <= 1e12)
+        {
+            return Err(invalid(s, "max_quantity", "must be in (0, 1e12]"));
+        }
+        if self.max_unit_price_minor <= 0 {
+            return Err(invalid(s, "max_unit_price_minor", "must be > 0"));
+        }
         Ok(())
+    }
+}
+
+impl IngestSettings {
+    /// The validation bounds these settings give.
+    pub fn validation_policy(&self) -> ValidationPolicy {
+        ValidationPolicy {
+            max_future_skew: chrono::Duration::seconds(self.max_future_skew_secs as i64),
+            max_event_age: chrono::Duration::seconds(self.max_event_age_secs as i64),
+            max_quantity: self.max_quantity,
+            max_unit_price_minor: self.max_unit_price_minor,
+        }
     }
 }
 
@@ -130,6 +163,9 @@ pub async fn run_with_listener(
         AvroCodec::new(),
         producer_metrics,
     )?;
+    if let Err(e) = storepulse_runtime::schema_registry::publish_bundled(&producer).await {
+        tracing::warn!(error = %e, "could not publish this build's schemas to the schema registry");
+    }
     let s = &config.ingest;
     let api = Arc::new(IngestApi {
         settings: s.clone(),

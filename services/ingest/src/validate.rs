@@ -19,6 +19,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde_json::{Map, Value};
 use storepulse_runtime::dead_letter::Rejection;
 use storepulse_runtime::records::*;
+use storepulse_runtime::vocabulary::Vocabulary;
 use uuid::Uuid;
 
 /// Longest identifiers we accept (ids, SKUs): bounds row and label sizes.
@@ -82,11 +83,74 @@ pub enum Checked {
     },
 }
 
-/// Policy knobs of validation.
+impl Checked {
+    /// The id the event has (valid) or claimed (invalid), or "".
+    pub fn event_id(&self) -> &str {
+        match self {
+            Checked::Valid(ev) => ev.event_id(),
+            Checked::Invalid { event_id, .. } => event_id.as_deref().unwrap_or(""),
+        }
+    }
+}
+
+/// Policy knobs of validation (from the `[ingest]` settings).
 #[derive(Debug, Clone, Copy)]
 pub struct ValidationPolicy {
     /// How far in the future `occurred_at` may lie (clock skew of store devices).
     pub max_future_skew: Duration,
+    /// How far in the past `occurred_at` may lie (gateways buffer while offline).
+    pub max_event_age: Duration,
+    /// Largest quantity of a sale line or a stock level/adjustment (absolute).
+    pub max_quantity: f64,
+    /// Largest unit price, in minor units.
+    pub max_unit_price_minor: i64,
+}
+
+impl Default for ValidationPolicy {
+    fn default() -> Self {
+        Self {
+            max_future_skew: Duration::minutes(5),
+            max_event_age: Duration::days(30),
+            max_quantity: 1_000_000.0,
+            max_unit_price_minor: 100_000_000_000,
+        }
+    }
+}
+
+/// Quantities carry at most this many decimals (grams of a kilogram), so money can
+/// be computed exactly in integers: milli-units × minor units.
+const QUANTITY_SCALE: f64 = 1000.0;
+
+/// `quantity` in thousandths, if it has at most three decimals.
+fn milli_units(quantity: f64) -> Option<i64> {
+    let scaled = quantity * QUANTITY_SCALE;
+    let rounded = scaled.round();
+    ((scaled - rounded).abs() <= 1e-6 * rounded.abs().max(1.0)).then_some(rounded as i64)
+}
+
+/// Σ quantity × unit price, in minor units, computed in integers and rounded half
+/// away from zero; `None` if it does not fit a 64-bit total.
+pub fn total_minor(lines: &[(i64, i64)]) -> Option<i64> {
+    let mut sum: i128 = 0;
+    for &(milli, price) in lines {
+        sum = sum.checked_add(i128::from(milli).checked_mul(i128::from(price))?)?;
+    }
+    let scale = QUANTITY_SCALE as i128;
+    let rounded = (sum + scale / 2).div_euclid(scale);
+    i64::try_from(rounded).ok()
+}
+
+/// A key or value as it may appear in an error message: control characters escaped.
+fn printable(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
 }
 
 /// One JSON object being read, with the path prefix used in error messages.
@@ -117,7 +181,12 @@ impl<'a> Fields<'a> {
             None => Err(self.err(key, "is required")),
             Some(Value::String(s)) => {
                 let s = s.trim();
-                if s.is_empty() {
+                if s.contains('\0') {
+                    Err(self.err(
+                        key,
+                        "contains a NUL character (\\u0000), which cannot be stored",
+                    ))
+                } else if s.is_empty() {
                     Err(self.err(key, "must not be empty"))
                 } else if s.len() > MAX_ID_LEN {
                     Err(self.err(key, format!("longer than {MAX_ID_LEN} characters")))
@@ -174,24 +243,34 @@ impl<'a> Fields<'a> {
         }
     }
 
-    fn choice<T: Copy>(&self, key: &str, options: &[(&str, T)]) -> Result<T, Rejection> {
+    fn choice<T: Vocabulary>(&self, key: &str) -> Result<T, Rejection> {
         let s = self.text(key)?;
-        options
-            .iter()
-            .find(|(name, _)| *name == s)
-            .map(|(_, v)| *v)
-            .ok_or_else(|| {
-                let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
-                self.err(
-                    key,
-                    format!("unknown value {s:?}; expected one of {}", names.join(", ")),
-                )
-            })
+        T::parse(&s).ok_or_else(|| {
+            self.err(
+                key,
+                format!(
+                    "unknown {} {:?}; expected one of {}",
+                    T::NAME,
+                    printable(&s),
+                    T::expected()
+                ),
+            )
+        })
+    }
+
+    /// A quantity: finite, within ±`max`, at most three decimals; in milli-units.
+    fn quantity(&self, key: &str, max: f64) -> Result<(f64, i64), Rejection> {
+        let q = self.number(key)?;
+        if q.abs() > max {
+            return Err(self.err(key, format!("beyond the allowed magnitude {max}")));
+        }
+        let milli = milli_units(q).ok_or_else(|| self.err(key, "at most 3 decimal places"))?;
+        Ok((q, milli))
     }
 
     fn only(&self, allowed: &[&str]) -> Result<(), Rejection> {
         match self.map.keys().find(|k| !allowed.contains(&k.as_str())) {
-            Some(k) => Err(self.err(k, "unknown field")),
+            Some(k) => Err(self.err(&printable(k), "unknown field")),
             None => Ok(()),
         }
     }
@@ -274,10 +353,14 @@ fn build(
 ) -> Result<ValidEvent, Rejection> {
     let ty = f.text("type")?;
     let event_id = f.text("event_id")?;
-    let event_id = Uuid::parse_str(&event_id)
-        .map_err(|_| f.err("event_id", "must be a UUID"))?
-        .hyphenated()
-        .to_string();
+    let event_id = Uuid::parse_str(&event_id).map_err(|_| f.err("event_id", "must be a UUID"))?;
+    if event_id.is_nil() {
+        return Err(f.err(
+            "event_id",
+            "the nil UUID is not an id; give each event its own UUID",
+        ));
+    }
+    let event_id = event_id.hyphenated().to_string();
     f.text("store_id")?;
     let occurred = f.text("occurred_at")?;
     let occurred = DateTime::parse_from_rfc3339(&occurred)
@@ -294,6 +377,15 @@ fn build(
             format!(
                 "is in the future (beyond {}s of clock skew)",
                 policy.max_future_skew.num_seconds()
+            ),
+        ));
+    }
+    if occurred < now - policy.max_event_age {
+        return Err(f.err(
+            "occurred_at",
+            format!(
+                "is older than the accepted {} days (ingest.max_event_age_secs)",
+                policy.max_event_age.num_days()
             ),
         ));
     }
@@ -345,7 +437,7 @@ fn build(
                 }
             };
             let mut items = Vec::with_capacity(lines.len());
-            let mut total = 0f64;
+            let mut amounts = Vec::with_capacity(lines.len());
             for (i, line) in lines.iter().enumerate() {
                 let path = format!("lines[{i}]");
                 let Value::Object(m) = line else {
@@ -354,7 +446,7 @@ fn build(
                 let lf = Fields { map: m, path };
                 lf.only(&["sku", "quantity", "unit_price_minor"])?;
                 let sku = lf.text("sku")?;
-                let quantity = lf.number("quantity")?;
+                let (quantity, milli) = lf.quantity("quantity", policy.max_quantity)?;
                 if quantity <= 0.0 {
                     return Err(lf.err(
                         "quantity",
@@ -365,7 +457,13 @@ fn build(
                 if unit_price_minor < 0 {
                     return Err(lf.err("unit_price_minor", "must be >= 0"));
                 }
-                total += quantity * unit_price_minor as f64;
+                if unit_price_minor > policy.max_unit_price_minor {
+                    return Err(lf.err(
+                        "unit_price_minor",
+                        format!("above the allowed {}", policy.max_unit_price_minor),
+                    ));
+                }
+                amounts.push((milli, unit_price_minor));
                 items.push(LineItem {
                     sku,
                     quantity,
@@ -386,13 +484,14 @@ fn build(
                 terminal_id: f.text("terminal_id")?,
                 currency,
                 lines: items,
-                total_minor: total.round() as i64,
+                total_minor: total_minor(&amounts)
+                    .ok_or_else(|| f.err("lines", "the total does not fit 64-bit minor units"))?,
                 original_transaction_id,
             })
         }
         "stock_snapshot" => {
             allow(&["sku", "quantity"])?;
-            let quantity = f.number("quantity")?;
+            let (quantity, _) = f.quantity("quantity", policy.max_quantity)?;
             if quantity < 0.0 {
                 return Err(f.err("quantity", "on-hand stock must be >= 0"));
             }
@@ -406,23 +505,14 @@ fn build(
         }
         "stock_adjustment" => {
             allow(&["sku", "quantity", "reason"])?;
-            let quantity = f.number("quantity")?;
+            let (quantity, _) = f.quantity("quantity", policy.max_quantity)?;
             if quantity == 0.0 {
                 return Err(f.err(
                     "quantity",
                     "an adjustment must change the stock (non-zero delta)",
                 ));
             }
-            let reason = f.choice(
-                "reason",
-                &[
-                    ("delivery", AdjustmentReason::Delivery),
-                    ("shrink", AdjustmentReason::Shrink),
-                    ("customer_return", AdjustmentReason::CustomerReturn),
-                    ("count_correction", AdjustmentReason::CountCorrection),
-                    ("transfer", AdjustmentReason::Transfer),
-                ],
-            )?;
+            let reason: AdjustmentReason = f.choice("reason")?;
             ValidEvent::Inventory(InventoryChange {
                 envelope,
                 kind: InventoryChangeKind::Adjustment,
@@ -443,52 +533,22 @@ fn build(
                 envelope,
                 terminal_id: f.text("terminal_id")?,
                 app_up: f.boolean("app_up")?,
-                printer: f.choice(
-                    "printer",
-                    &[
-                        ("ok", PrinterStatus::Ok),
-                        ("paper_low", PrinterStatus::PaperLow),
-                        ("paper_out", PrinterStatus::PaperOut),
-                        ("offline", PrinterStatus::Offline),
-                        ("error", PrinterStatus::Error),
-                    ],
-                )?,
-                network: f.choice(
-                    "network",
-                    &[
-                        ("online", NetworkStatus::Online),
-                        ("degraded", NetworkStatus::Degraded),
-                        ("offline", NetworkStatus::Offline),
-                    ],
-                )?,
+                printer: f.choice::<PrinterStatus>("printer")?,
+                network: f.choice::<NetworkStatus>("network")?,
                 software_version: f.opt_text("software_version")?,
             })
         }
         "sensor_reading" => {
             allow(&["device_id", "kind", "value", "unit", "appliance"])?;
-            let kind = f.choice(
-                "kind",
-                &[
-                    ("temperature", SensorKind::Temperature),
-                    ("humidity", SensorKind::Humidity),
-                    ("door", SensorKind::Door),
-                    ("power", SensorKind::Power),
-                ],
-            )?;
-            let units = [
-                ("celsius", SensorUnit::Celsius),
-                ("percent", SensorUnit::Percent),
-                ("open_closed", SensorUnit::OpenClosed),
-                ("on_off", SensorUnit::OnOff),
-            ];
+            let kind: SensorKind = f.choice("kind")?;
             let unit = match f.present("unit") {
                 None => kind.unit(),
-                Some(_) => f.choice("unit", &units)?,
+                Some(_) => f.choice::<SensorUnit>("unit")?,
             };
             if unit != kind.unit() {
                 return Err(f.err(
                     "unit",
-                    format!("does not match kind {:?}; expected {:?}", kind, kind.unit()),
+                    format!("{unit} does not match kind {kind}; expected {}", kind.unit()),
                 ));
             }
             let value = f.number("value")?;
@@ -536,9 +596,7 @@ mod tests {
         }
     }
     fn policy() -> ValidationPolicy {
-        ValidationPolicy {
-            max_future_skew: Duration::minutes(5),
-        }
+        ValidationPolicy::default()
     }
     fn check(v: Value) -> Result<Checked, ForeignStore> {
         check_event(&v, &who(), Utc::now(), policy())
@@ -550,8 +608,9 @@ mod tests {
         }
     }
     fn sale() -> Value {
+        let an_hour_ago = (Utc::now() - Duration::hours(1)).to_rfc3339();
         json!({"type":"sale","event_id":"7d1c3c52-8f4e-4a3a-9a57-0d5f3e1b2c11","store_id":"s-1",
-               "occurred_at":"2026-01-05T10:00:00Z","transaction_id":"t1","terminal_id":"pos-1",
+               "occurred_at":an_hour_ago,"transaction_id":"t1","terminal_id":"pos-1",
                "currency":"EUR","lines":[{"sku":"milk","quantity":2,"unit_price_minor":129}]})
     }
 
@@ -585,9 +644,51 @@ mod tests {
         v["occurred_at"] = json!((Utc::now() + Duration::hours(2)).to_rfc3339());
         assert_eq!(rejected_field(v), "occurred_at");
         let v = json!({"type":"sensor_reading","event_id":"7d1c3c52-8f4e-4a3a-9a57-0d5f3e1b2c11","store_id":"s-1",
-               "occurred_at":"2026-01-05T10:00:00Z","device_id":"f1","kind":"temperature","value":20,"unit":"percent"});
+               "occurred_at":Utc::now().to_rfc3339(),"device_id":"f1","kind":"temperature","value":20,"unit":"percent"});
         assert_eq!(rejected_field(v), "unit");
         assert!(matches!(check(json!([1])), Ok(Checked::Invalid { .. })));
+    }
+
+    #[test]
+    fn money_is_summed_exactly_in_integers() {
+        assert_eq!(milli_units(0.333), Some(333));
+        assert_eq!(milli_units(2.0), Some(2000));
+        assert_eq!(milli_units(0.0001), None);
+        assert_eq!(total_minor(&[(333, 199); 3]), Some(199)); // 198.801 -> 199
+        assert_eq!(total_minor(&[(1500, 3)]), Some(5)); // 4.5 -> 5, half up
+        assert_eq!(total_minor(&[(1_000_000_000, i64::MAX)]), None, "overflow");
+        let mut v = sale();
+        v["lines"] = json!([{"sku":"a","quantity":0.1,"unit_price_minor":3},
+                            {"sku":"b","quantity":0.2,"unit_price_minor":3}]);
+        match check(v) {
+            Ok(Checked::Valid(ValidEvent::Sale(s))) => assert_eq!(s.total_minor, 1), // 0.9
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn unstorable_and_unbounded_values_are_refused() {
+        let mut v = sale();
+        v["lines"][0]["sku"] = json!("milk\u{0}x");
+        assert_eq!(rejected_field(v), "lines[0].sku");
+        let mut v = sale();
+        v["lines"][0]["quantity"] = json!(1e300);
+        assert_eq!(rejected_field(v), "lines[0].quantity");
+        let mut v = sale();
+        v["lines"][0]["unit_price_minor"] = json!(i64::MAX);
+        assert_eq!(rejected_field(v), "lines[0].unit_price_minor");
+        let mut v = sale();
+        v["event_id"] = json!(Uuid::nil().to_string());
+        assert_eq!(rejected_field(v), "event_id");
+        let mut v = sale();
+        v["occurred_at"] = json!((Utc::now() - Duration::days(31)).to_rfc3339());
+        assert_eq!(rejected_field(v), "occurred_at");
+        let mut v = sale();
+        v["occurred_at"] = json!((Utc::now() - Duration::days(29)).to_rfc3339());
+        assert!(matches!(check(v), Ok(Checked::Valid(_))), "29 days back is fine");
+        let mut v = sale();
+        v["x\u{0}y"] = json!(1);
+        assert_eq!(rejected_field(v), "x\\u{0}y", "the key is escaped");
     }
 
     #[test]
