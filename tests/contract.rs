@@ -202,7 +202,11 @@ async fn a_record_postgres_refuses_is_isolated_and_the_rest_is_written() {
         )
         .await
         .expect("dead letter");
-    assert_eq!(row.get::<_, Option<i64>>(0), Some(1), "the refused record's offset");
+    assert_eq!(
+        row.get::<_, Option<i64>>(0),
+        Some(1),
+        "the refused record's offset"
+    );
     let reason: String = row.get(1);
     assert!(
         reason.contains("refused by the store") && reason.contains("0x00"),
@@ -210,7 +214,11 @@ async fn a_record_postgres_refuses_is_isolated_and_the_rest_is_written() {
     );
     let original: Vec<u8> = row.get(2);
     assert_eq!(
-        codec.decode::<SaleTransaction>(&original).expect("original bytes kept").envelope.event_id,
+        codec
+            .decode::<SaleTransaction>(&original)
+            .expect("original bytes kept")
+            .envelope
+            .event_id,
         ids[1].to_string()
     );
     assert_eq!(row.get::<_, Option<i64>>(3), Some(original.len() as i64));
@@ -222,7 +230,10 @@ async fn a_record_postgres_refuses_is_isolated_and_the_rest_is_written() {
         .await
         .expect("sanitised dead letter");
     assert_eq!(sanitised.get::<_, String>(0), "bad\u{FFFD}reason");
-    assert_eq!(sanitised.get::<_, Option<String>>(1).as_deref(), Some("x\u{FFFD}y"));
+    assert_eq!(
+        sanitised.get::<_, Option<String>>(1).as_deref(),
+        Some("x\u{FFFD}y")
+    );
     assert_eq!(sanitised.get::<_, Vec<u8>>(2), b"\0raw");
     // The partition moved on: the offsets cover all four records.
     assert_eq!(
@@ -301,19 +312,25 @@ async fn an_unknown_writer_schema_pauses_its_partition_until_the_registry_has_it
     let shutdown = CancellationToken::new();
     let (url, handle) = start_compactor(&stack, &shutdown, None, None).await;
     let fp = schema_registry::fingerprint_hex(&storepulse_runtime::avro::fingerprint(&v2));
-    let body = eventually("not ready, naming the fingerprint", Duration::from_secs(60), || {
-        let url = url.clone();
-        let fp = fp.clone();
-        async move {
-            let (status, body) = get(&format!("{url}/readyz")).await;
-            (status == 503 && body.contains(&fp)).then_some(body)
-        }
-    })
+    let body = eventually(
+        "not ready, naming the fingerprint",
+        Duration::from_secs(60),
+        || {
+            let url = url.clone();
+            let fp = fp.clone();
+            async move {
+                let (status, body) = get(&format!("{url}/readyz")).await;
+                (status == 503 && body.contains(&fp)).then_some(body)
+            }
+        },
+    )
     .await;
     assert!(body.contains("sensor.readings.v1/0"), "{body}");
-    eventually("the other partition flows", Duration::from_secs(60), || async {
-        (stack.count("SELECT count(*) FROM sensor_readings").await == 1).then_some(())
-    })
+    eventually(
+        "the other partition flows",
+        Duration::from_secs(60),
+        || async { (stack.count("SELECT count(*) FROM sensor_readings").await == 1).then_some(()) },
+    )
     .await;
     let client = stack.pool.get().await.expect("client");
     let device: String = client
@@ -339,9 +356,11 @@ async fn an_unknown_writer_schema_pauses_its_partition_until_the_registry_has_it
     schema_registry::publish(&producer, SENSOR_V2)
         .await
         .expect("publish schema");
-    eventually("the held records stored", Duration::from_secs(60), || async {
-        (stack.count("SELECT count(*) FROM sensor_readings").await == 3).then_some(())
-    })
+    eventually(
+        "the held records stored",
+        Duration::from_secs(60),
+        || async { (stack.count("SELECT count(*) FROM sensor_readings").await == 3).then_some(()) },
+    )
     .await;
     eventually("ready again", Duration::from_secs(30), || {
         let url = url.clone();
@@ -365,7 +384,11 @@ async fn idempotency_is_scoped_to_the_store_and_conflicts_are_recorded() {
         let bytes = codec.encode(&r).expect("encode");
         let key = r.envelope.partition_key();
         let connector = &connector;
-        async move { connector.send(topic::SENSOR_READINGS, 0, &key, &bytes).await }
+        async move {
+            connector
+                .send(topic::SENSOR_READINGS, 0, &key, &bytes)
+                .await
+        }
     };
     send(first.clone()).await;
     send(reading("other", "s-1", shared, -18.0)).await; // another tenant
@@ -375,11 +398,15 @@ async fn idempotency_is_scoped_to_the_store_and_conflicts_are_recorded() {
 
     let shutdown = CancellationToken::new();
     let (url, handle) = start_compactor(&stack, &shutdown, None, None).await;
-    eventually("three distinct events and one conflict", Duration::from_secs(60), || async {
-        (stack.count("SELECT count(*) FROM sensor_readings").await == 3
-            && stack.count("SELECT count(*) FROM event_id_conflicts").await == 1)
-            .then_some(())
-    })
+    eventually(
+        "three distinct events and one conflict",
+        Duration::from_secs(60),
+        || async {
+            (stack.count("SELECT count(*) FROM sensor_readings").await == 3
+                && stack.count("SELECT count(*) FROM event_id_conflicts").await == 1)
+                .then_some(())
+        },
+    )
     .await;
     // A conflict arriving in a later batch is recognised against the stored row.
     send(reading("acme", "s-1", shared, 9.0)).await;
@@ -410,10 +437,11 @@ async fn idempotency_is_scoped_to_the_store_and_conflicts_are_recorded() {
     assert_eq!(offsets, vec![4, 5], "recorded with their coordinates");
     let (_, metrics) = get(&format!("{url}/metrics")).await;
     assert!(
-        metrics.lines().any(|l| l
-            .starts_with("storepulse_compactor_event_id_conflicts_total{")
-            && l.contains("table=\"sensor_readings\"")
-            && l.ends_with(" 2")),
+        metrics.lines().any(
+            |l| l.starts_with("storepulse_compactor_event_id_conflicts_total{")
+                && l.contains("table=\"sensor_readings\"")
+                && l.ends_with(" 2")
+        ),
         "{metrics}"
     );
     stop(shutdown, handle).await;
@@ -504,7 +532,10 @@ async fn the_idempotency_key_guard_alone_stops_a_republished_event() {
         .await
         .expect("apply retry");
     assert_eq!(stack.count("SELECT count(*) FROM sensor_readings").await, 1);
-    assert_eq!(stack.count("SELECT count(*) FROM event_id_conflicts").await, 0);
+    assert_eq!(
+        stack.count("SELECT count(*) FROM event_id_conflicts").await,
+        0
+    );
 }
 
 /// Every enum value posted through the API is stored as its documented text.
@@ -534,23 +565,31 @@ async fn every_enum_value_reads_back_from_postgres_as_documented() {
     let id = || Uuid::new_v4().to_string();
     let mut events = Vec::new();
     for kind in SaleKind::ALL {
-        events.push(json!({"type": kind.as_str(), "event_id": id(), "store_id": "s-1", "occurred_at": now,
+        events.push(
+            json!({"type": kind.as_str(), "event_id": id(), "store_id": "s-1", "occurred_at": now,
             "transaction_id": "t", "terminal_id": "pos-1", "currency": "EUR",
-            "lines": [{"sku": "a", "quantity": 1, "unit_price_minor": 1}]}));
+            "lines": [{"sku": "a", "quantity": 1, "unit_price_minor": 1}]}),
+        );
     }
     for reason in AdjustmentReason::ALL {
         events.push(json!({"type": "stock_adjustment", "event_id": id(), "store_id": "s-1", "occurred_at": now,
             "sku": "a", "quantity": -1, "reason": reason.as_str()}));
     }
-    events.push(json!({"type": "stock_snapshot", "event_id": id(), "store_id": "s-1", "occurred_at": now,
-        "sku": "a", "quantity": 5}));
+    events.push(
+        json!({"type": "stock_snapshot", "event_id": id(), "store_id": "s-1", "occurred_at": now,
+        "sku": "a", "quantity": 5}),
+    );
     for (i, printer) in PrinterStatus::ALL.iter().enumerate() {
         let network = NetworkStatus::ALL[i % NetworkStatus::ALL.len()];
         events.push(json!({"type": "pos_heartbeat", "event_id": id(), "store_id": "s-1", "occurred_at": now,
             "terminal_id": "pos-1", "app_up": true, "printer": printer.as_str(), "network": network.as_str()}));
     }
     for kind in SensorKind::ALL {
-        let value = if *kind == SensorKind::Temperature { 4.0 } else { 1.0 };
+        let value = if *kind == SensorKind::Temperature {
+            4.0
+        } else {
+            1.0
+        };
         events.push(json!({"type": "sensor_reading", "event_id": id(), "store_id": "s-1", "occurred_at": now,
             "device_id": "d", "kind": kind.as_str(), "unit": kind.unit().as_str(), "value": value}));
     }
@@ -596,7 +635,10 @@ async fn every_enum_value_reads_back_from_postgres_as_documented() {
     fn texts<T: Vocabulary>() -> BTreeSet<String> {
         T::ALL.iter().map(|v| v.as_str().to_string()).collect()
     }
-    assert_eq!(distinct("SELECT DISTINCT kind FROM sales").await, texts::<SaleKind>());
+    assert_eq!(
+        distinct("SELECT DISTINCT kind FROM sales").await,
+        texts::<SaleKind>()
+    );
     assert_eq!(
         distinct("SELECT DISTINCT reason FROM inventory_changes").await,
         texts::<AdjustmentReason>()
@@ -671,9 +713,11 @@ async fn a_transient_failure_is_retried_in_the_group_and_not_ready_meanwhile() {
     .await;
     // Stay locked past max.poll.interval.ms: a consumer that stopped polling would be
     // expelled from its group now (and its assignment gauge drop to 0).
-    eventually("retrying past max.poll.interval.ms", Duration::from_secs(30), || async {
-        (since.elapsed() > Duration::from_secs(9)).then_some(())
-    })
+    eventually(
+        "retrying past max.poll.interval.ms",
+        Duration::from_secs(30),
+        || async { (since.elapsed() > Duration::from_secs(9)).then_some(()) },
+    )
     .await;
     let (_, metrics) = get(&format!("{url}/metrics")).await;
     let assigned: i64 = metrics
@@ -683,9 +727,11 @@ async fn a_transient_failure_is_retried_in_the_group_and_not_ready_meanwhile() {
         .sum();
     assert!(assigned > 0, "still in the group: {metrics}");
     tx.rollback().await.expect("unlock");
-    eventually("the batch written once the lock is gone", Duration::from_secs(60), || async {
-        (stack.count("SELECT count(*) FROM sensor_readings").await == 1).then_some(())
-    })
+    eventually(
+        "the batch written once the lock is gone",
+        Duration::from_secs(60),
+        || async { (stack.count("SELECT count(*) FROM sensor_readings").await == 1).then_some(()) },
+    )
     .await;
     eventually("ready again", Duration::from_secs(30), || {
         let url = url.clone();

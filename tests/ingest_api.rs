@@ -269,15 +269,15 @@ async fn every_bound_is_enforced_with_a_named_field() {
     twin_again["event_id"] = twin["event_id"].clone();
     twin_again["value"] = json!(-10.0);
     let batch = json!([
-        snapshot("milk\u{0}x", json!(3)),    // 0: NUL in a string
-        snapshot("milk", json!(1e300)),       // 1: absurd quantity
-        snapshot("milk", json!(0.0001)),      // 2: more than 3 decimals
-        nil,                                  // 3
-        ancient,                              // 4
-        with_nul_key,                         // 5
-        twin,                                 // 6: accepted
-        twin_again,                           // 7: same id again in the batch
-        snapshot("milk", json!(2.5)),         // 8: accepted
+        snapshot("milk\u{0}x", json!(3)), // 0: NUL in a string
+        snapshot("milk", json!(1e300)),   // 1: absurd quantity
+        snapshot("milk", json!(0.0001)),  // 2: more than 3 decimals
+        nil,                              // 3
+        ancient,                          // 4
+        with_nul_key,                     // 5
+        twin,                             // 6: accepted
+        twin_again,                       // 7: same id again in the batch
+        snapshot("milk", json!(2.5)),     // 8: accepted
     ]);
     let (s, body) = post_raw(
         &url,
@@ -297,7 +297,11 @@ async fn every_bound_is_enforced_with_a_named_field() {
     ];
     for (i, field, reason) in expect {
         let (status, f, r) = result_of(&body, i);
-        assert_eq!((status.as_str(), f.as_str()), ("rejected", field), "event {i}: {body}");
+        assert_eq!(
+            (status.as_str(), f.as_str()),
+            ("rejected", field),
+            "event {i}: {body}"
+        );
         assert!(r.contains(reason), "event {i}: {r}");
     }
     assert_eq!(result_of(&body, 6).0, "accepted");
@@ -326,12 +330,19 @@ async fn every_bound_is_enforced_with_a_named_field() {
     assert_eq!(s, 200, "{body}");
     let (s, body) = post_raw(
         &url,
-        &[("authorization", &auth), ("content-type", "application/json; charset=utf-8")],
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json; charset=utf-8"),
+        ],
         one.clone(),
     )
     .await;
     assert_eq!(s, 200, "{body}");
-    for ct in [Some("text/plain"), Some("application/x-www-form-urlencoded"), None] {
+    for ct in [
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+        None,
+    ] {
         let mut headers = vec![("authorization", auth.as_str())];
         if let Some(ct) = ct {
             headers.push(("content-type", ct));

@@ -73,9 +73,14 @@ fn with_prefix(stack: &TestStack, extra: &str) -> KafkaConfig {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn harness_topics_match_their_spec_on_the_real_broker() {
     let stack = TestStack::start("topicspec").await;
-    let reports = reconcile_topics(&stack.kafka, &topic::PROVISIONED, support::PARTITIONS, Mode::Check)
-        .await
-        .expect("check");
+    let reports = reconcile_topics(
+        &stack.kafka,
+        &topic::PROVISIONED,
+        support::PARTITIONS,
+        Mode::Check,
+    )
+    .await
+    .expect("check");
     assert_eq!(reports.len(), topic::PROVISIONED.len());
     for r in &reports {
         assert_eq!(r.status, TopicStatus::Matches, "{r:?}");

@@ -182,7 +182,11 @@ fn envelope_columns(rows: &[Row<'_>]) -> Params {
                 .map(|r| from_micros(env(r).received_at))
                 .collect::<Vec<DateTime<Utc>>>(),
         ),
-        Box::new(rows.iter().map(|r| env(r).source.clone()).collect::<Vec<_>>()),
+        Box::new(
+            rows.iter()
+                .map(|r| env(r).source.clone())
+                .collect::<Vec<_>>(),
+        ),
     ]
 }
 
@@ -271,14 +275,22 @@ fn insert_params(relation: Relation, rows: &[Row<'_>]) -> Params {
             // their texts become U+FFFD (the original bytes are kept as they were).
             let text = |s: &str| storable_text(s).into_owned();
             p.push(column(rows, |b| rj(b).map(|r| text(&r.reason))));
-            p.push(column(rows, |b| rj(b).map(|r| r.field.as_deref().map(text))));
+            p.push(column(rows, |b| {
+                rj(b).map(|r| r.field.as_deref().map(text))
+            }));
             p.push(column(rows, |b| rj(b).map(|r| r.original.0.clone())));
-            p.push(column(rows, |b| rj(b).map(|r| r.original_event_id.as_deref().map(text))));
-            p.push(column(rows, |b| rj(b).map(|r| r.source_topic.as_deref().map(text))));
+            p.push(column(rows, |b| {
+                rj(b).map(|r| r.original_event_id.as_deref().map(text))
+            }));
+            p.push(column(rows, |b| {
+                rj(b).map(|r| r.source_topic.as_deref().map(text))
+            }));
             p.push(column(rows, |b| rj(b).map(|r| r.source_partition)));
             p.push(column(rows, |b| rj(b).map(|r| r.source_offset)));
             p.push(column(rows, |b| rj(b).map(|r| r.original_length)));
-            p.push(column(rows, |b| rj(b).map(|r| r.original_sha256.as_deref().map(text))));
+            p.push(column(rows, |b| {
+                rj(b).map(|r| r.original_sha256.as_deref().map(text))
+            }));
         }
     }
     p.push(Box::new(
@@ -517,10 +529,8 @@ impl ReadStoreWriter {
         let stores: Vec<&str> = conflicts.iter().map(|c| c.key.1.as_str()).collect();
         let ids: Vec<Uuid> = conflicts.iter().map(|c| c.key.2).collect();
         let relations: Vec<&str> = conflicts.iter().map(|c| c.relation.table()).collect();
-        let stored: Vec<Option<&[u8]>> = conflicts
-            .iter()
-            .map(|c| c.stored_hash.as_deref())
-            .collect();
+        let stored: Vec<Option<&[u8]>> =
+            conflicts.iter().map(|c| c.stored_hash.as_deref()).collect();
         let conflicting: Vec<&[u8]> = conflicts
             .iter()
             .map(|c| c.conflicting_hash.as_slice())
@@ -744,9 +754,7 @@ pub fn classify_postgres(e: &tokio_postgres::Error) -> Failure {
         "40001" | "40P01" | "57014" | "55P03" => Failure::Transient,
         // Data exceptions, integrity violations, program limits (a row too big):
         // something in the batch cannot be stored.
-        _ if c.starts_with("22") || c.starts_with("23") || c.starts_with("54") => {
-            Failure::Poison
-        }
+        _ if c.starts_with("22") || c.starts_with("23") || c.starts_with("54") => Failure::Poison,
         _ => Failure::Fatal,
     }
 }

@@ -170,7 +170,12 @@ fn is_json(headers: &HeaderMap) -> bool {
     else {
         return false;
     };
-    let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let mime = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
 }
 
@@ -344,7 +349,9 @@ async fn handle(api: &IngestApi, headers: &HeaderMap, body: Body) -> Response {
                 event_id,
                 rejection: Rejection::field(
                     "event_id",
-                    format!("repeats the id of event {earlier} in this batch; every event needs its own id"),
+                    format!(
+                        "repeats the id of event {earlier} in this batch; every event needs its own id"
+                    ),
                 ),
             };
         }

@@ -548,7 +548,10 @@ fn build(
             if unit != kind.unit() {
                 return Err(f.err(
                     "unit",
-                    format!("{unit} does not match kind {kind}; expected {}", kind.unit()),
+                    format!(
+                        "{unit} does not match kind {kind}; expected {}",
+                        kind.unit()
+                    ),
                 ));
             }
             let value = f.number("value")?;
@@ -685,7 +688,10 @@ mod tests {
         assert_eq!(rejected_field(v), "occurred_at");
         let mut v = sale();
         v["occurred_at"] = json!((Utc::now() - Duration::days(29)).to_rfc3339());
-        assert!(matches!(check(v), Ok(Checked::Valid(_))), "29 days back is fine");
+        assert!(
+            matches!(check(v), Ok(Checked::Valid(_))),
+            "29 days back is fine"
+        );
         let mut v = sale();
         v["x\u{0}y"] = json!(1);
         assert_eq!(rejected_field(v), "x\\u{0}y", "the key is escaped");

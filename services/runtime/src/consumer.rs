@@ -347,8 +347,7 @@ impl<P: BatchProcessor> BatchConsumer<P> {
             if !records.is_empty() {
                 self.process(records, &shutdown).await?;
             }
-            if !self.blocked.is_empty() && self.last_registry_check.elapsed() >= REGISTRY_RECHECK
-            {
+            if !self.blocked.is_empty() && self.last_registry_check.elapsed() >= REGISTRY_RECHECK {
                 self.unblock_known().await;
             }
             if shutdown.is_cancelled() {
@@ -363,8 +362,8 @@ impl<P: BatchProcessor> BatchConsumer<P> {
     /// for at most `batch_max_wait` or `batch_max_records`.
     async fn next_batch(&mut self, shutdown: &CancellationToken) -> Vec<ConsumedRecord> {
         let mut out = std::mem::take(&mut self.pending);
-        let mut deadline = (!out.is_empty())
-            .then(|| tokio::time::Instant::now() + self.settings.batch_max_wait);
+        let mut deadline =
+            (!out.is_empty()).then(|| tokio::time::Instant::now() + self.settings.batch_max_wait);
         let idle = tokio::time::Instant::now() + IDLE_TICK;
         while out.len() < self.settings.batch_max_records {
             let recv = self.consumer.recv();
@@ -507,10 +506,8 @@ impl<P: BatchProcessor> BatchConsumer<P> {
             .paused_partitions
             .with_label_values(&[&rec.topic])
             .inc();
-        self.health.set(
-            &format!("schema:{}/{}", rec.topic, rec.partition),
-            reason,
-        );
+        self.health
+            .set(&format!("schema:{}/{}", rec.topic, rec.partition), reason);
         self.blocked.insert(
             (rec.topic.clone(), rec.partition),
             Blocked {
@@ -546,10 +543,17 @@ impl<P: BatchProcessor> BatchConsumer<P> {
             tpl.add_partition(&full, partition);
             let resumed = self
                 .consumer
-                .seek(&full, partition, Offset::Offset(b.offset), Duration::from_secs(5))
+                .seek(
+                    &full,
+                    partition,
+                    Offset::Offset(b.offset),
+                    Duration::from_secs(5),
+                )
                 .and_then(|()| self.consumer.resume(&tpl));
             match resumed {
-                Ok(()) => info!(%topic, partition, offset = b.offset, "writer schema now known; partition resumed"),
+                Ok(()) => {
+                    info!(%topic, partition, offset = b.offset, "writer schema now known; partition resumed")
+                }
                 // Revoked meanwhile: its next owner starts from the last commit,
                 // which is before the held record.
                 Err(e) => info!(%topic, partition, error = %e, "held partition no longer ours"),
@@ -625,8 +629,10 @@ impl<P: BatchProcessor> BatchConsumer<P> {
                 return Ok(());
             };
             todo = failed;
-            self.health
-                .set("dead-letters", format!("dead-letter topic unavailable: {e}"));
+            self.health.set(
+                "dead-letters",
+                format!("dead-letter topic unavailable: {e}"),
+            );
             self.pause_all();
             if shutdown.is_cancelled() {
                 return Err(ConsumerError::Interrupted(e.to_string()));
@@ -679,8 +685,7 @@ impl<P: BatchProcessor> BatchConsumer<P> {
                 self.pause_all();
                 paused = true;
             }
-            self.health
-                .set("apply", format!("retrying a batch: {e}"));
+            self.health.set("apply", format!("retrying a batch: {e}"));
             let wait = backoff.next();
             warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "batch apply failed; retrying");
             keep_polling(
@@ -735,9 +740,11 @@ impl<P: BatchProcessor> BatchConsumer<P> {
     fn commit(&self, next_offsets: &BTreeMap<(String, i32), i64>, shutdown: &CancellationToken) {
         let mut tpl = TopicPartitionList::new();
         for ((topic, partition), next) in next_offsets {
-            if let Err(e) =
-                tpl.add_partition_offset(&self.kafka.topic(topic), *partition, Offset::Offset(*next))
-            {
+            if let Err(e) = tpl.add_partition_offset(
+                &self.kafka.topic(topic),
+                *partition,
+                Offset::Offset(*next),
+            ) {
                 debug!(error = %e, "offset not committable");
             }
         }
@@ -798,10 +805,12 @@ impl Backoff {
         self.next = (self.next * 2).min(Duration::from_secs(5));
         // Up to 25% jitter, so replicas that failed together do not retry together.
         let jitter = base.as_millis() as u64 / 4;
-        let nanos = u64::from(std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or_default());
+        let nanos = u64::from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or_default(),
+        );
         base + Duration::from_millis(if jitter == 0 { 0 } else { nanos % jitter })
     }
 }
@@ -846,7 +855,10 @@ mod tests {
         h.set("apply", "retrying");
         h.set("schema:x/1", "paused at 3");
         let err = h.status().expect_err("not ready");
-        assert!(err.contains("retrying") && err.contains("paused at 3"), "{err}");
+        assert!(
+            err.contains("retrying") && err.contains("paused at 3"),
+            "{err}"
+        );
         h.clear("apply");
         h.clear("schema:x/1");
         assert!(h.status().is_ok());

@@ -225,7 +225,7 @@ mod tests {
                 topic: "pos.sales.v1",
                 partition: 0,
                 offset: 1,
-                key: Some(b"ac\0me/s\01"),
+                key: Some(b"ac\0me/s-\x001"),
             },
             b"\0raw\0",
             &Rejection::field("sku\0", "bad \0 value"),

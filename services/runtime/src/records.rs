@@ -400,10 +400,12 @@ impl From<Vec<u8>> for AvroBytes {
 /// Earlier versions of the bundled schemas (`schemas/history/`): never written by
 /// this build, still read, since records written with them remain on the topics.
 pub fn historical_schemas() -> Vec<Schema> {
-    [include_str!("../../../schemas/history/rejected_record.v1.0.avsc")]
-        .iter()
-        .filter_map(|text| Schema::parse_str(text).ok())
-        .collect()
+    [include_str!(
+        "../../../schemas/history/rejected_record.v1.0.avsc"
+    )]
+    .iter()
+    .filter_map(|text| Schema::parse_str(text).ok())
+    .collect()
 }
 
 /// Reader schemas of every bundled record type, for the codec's registry.

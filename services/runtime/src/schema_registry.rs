@@ -165,6 +165,9 @@ fn read_all(kafka: &KafkaConfig) -> Result<Vec<String>, RegistryError> {
             None => {}
         }
     }
-    warn!(read = out.len(), "schema registry not read to its end within 15 s");
+    warn!(
+        read = out.len(),
+        "schema registry not read to its end within 15 s"
+    );
     Ok(out)
 }

@@ -119,7 +119,12 @@ mod tests {
         let Schema::Enum(e) = T::get_schema() else {
             panic!("{} is not an Avro enum", T::NAME);
         };
-        assert_eq!(e.symbols.len(), T::ALL.len(), "{}: a text per symbol", T::NAME);
+        assert_eq!(
+            e.symbols.len(),
+            T::ALL.len(),
+            "{}: a text per symbol",
+            T::NAME
+        );
         let mut seen = std::collections::HashSet::new();
         for v in T::ALL {
             let text = v.as_str();
