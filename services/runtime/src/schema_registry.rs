@@ -12,7 +12,7 @@
 //! Why a topic rather than a Postgres table: every producer already talks to Kafka
 //! (a foreign connector has no Postgres credentials), compaction keeps one record per
 //! fingerprint forever, and the registry stays next to the data it describes
-//! (docs/decisions/0004-schema-registry-topic.md).
+//! (docs/decisions/0006-schema-registry-topic.md).
 
 use std::time::{Duration, Instant};
 
