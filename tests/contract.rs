@@ -17,7 +17,7 @@ use storepulse_runtime::consumer::{Batch, BatchProcessor, ConsumedRecord, Positi
 use storepulse_runtime::records::*;
 use storepulse_runtime::vocabulary::Vocabulary;
 use storepulse_runtime::{AvroCodec, EventProducer, ProducerMetrics, schema_registry};
-use support::{TestStack, eventually};
+use support::{TestStack, eventually, start_compactor};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -90,34 +90,6 @@ impl Connector {
             .await
             .expect("produce");
     }
-}
-
-/// A compactor in this process; returns its ops URL.
-async fn start_compactor(
-    stack: &TestStack,
-    shutdown: &CancellationToken,
-    postgres: Option<storepulse_runtime::PostgresConfig>,
-    kafka: Option<storepulse_runtime::KafkaConfig>,
-) -> (String, tokio::task::JoinHandle<anyhow::Result<()>>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    let config = storepulse_compactor::CompactorConfig {
-        kafka: kafka.unwrap_or_else(|| stack.kafka.clone()),
-        postgres: postgres.unwrap_or_else(|| stack.postgres.clone()),
-        log: Default::default(),
-        compactor: storepulse_compactor::CompactorSettings {
-            group_id: format!("{}compactor", stack.kafka.topic_prefix),
-            ..Default::default()
-        },
-    };
-    let handle = tokio::spawn(storepulse_compactor::run_with_listener(
-        config,
-        listener,
-        shutdown.clone(),
-    ));
-    (url, handle)
 }
 
 async fn get(url: &str) -> (u16, String) {

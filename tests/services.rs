@@ -81,23 +81,7 @@ async fn a_poison_record_is_dead_lettered_and_the_partition_moves_on() {
         .expect("produce");
 
     let shutdown = CancellationToken::new();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let config = storepulse_compactor::CompactorConfig {
-        kafka: stack.kafka.clone(),
-        postgres: stack.postgres.clone(),
-        log: Default::default(),
-        compactor: storepulse_compactor::CompactorSettings {
-            group_id: format!("{}compactor", stack.kafka.topic_prefix),
-            ..Default::default()
-        },
-    };
-    let handle = tokio::spawn(storepulse_compactor::run_with_listener(
-        config,
-        listener,
-        shutdown.clone(),
-    ));
+    let (_, handle) = support::start_compactor(&stack, &shutdown, None, None).await;
 
     eventually(
         "the good sale behind the poison",

@@ -98,6 +98,35 @@ impl TestStack {
     }
 }
 
+/// A compactor running in this process against `stack` (its own group id), with the
+/// given overrides; its ops URL and its task.
+pub async fn start_compactor(
+    stack: &TestStack,
+    shutdown: &tokio_util::sync::CancellationToken,
+    postgres: Option<PostgresConfig>,
+    kafka: Option<KafkaConfig>,
+) -> (String, tokio::task::JoinHandle<anyhow::Result<()>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let config = storepulse_compactor::CompactorConfig {
+        kafka: kafka.unwrap_or_else(|| stack.kafka.clone()),
+        postgres: postgres.unwrap_or_else(|| stack.postgres.clone()),
+        log: Default::default(),
+        compactor: storepulse_compactor::CompactorSettings {
+            group_id: format!("{}compactor", stack.kafka.topic_prefix),
+            ..Default::default()
+        },
+    };
+    let handle = tokio::spawn(storepulse_compactor::run_with_listener(
+        config,
+        listener,
+        shutdown.clone(),
+    ));
+    (url, handle)
+}
+
 /// Polls `probe` until it yields `Some`, failing the test after `within`.
 pub async fn eventually<T, F, Fut>(what: &str, within: Duration, mut probe: F) -> T
 where

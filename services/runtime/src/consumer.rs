@@ -639,14 +639,19 @@ impl<P: BatchProcessor> BatchConsumer<P> {
             }
             let wait = backoff.next();
             warn!(error = %e, pending = todo.len(), retry_in_ms = wait.as_millis() as u64, "dead-letter publish failed; retrying");
-            keep_polling(
-                &self.consumer,
-                &self.kafka,
-                &mut self.pending,
-                tokio::time::sleep(wait),
-            )
-            .await;
+            self.wait_polling(wait).await;
         }
+    }
+
+    /// Waits `wait` (a retry's backoff) while still polling the consumer.
+    async fn wait_polling(&mut self, wait: Duration) {
+        keep_polling(
+            &self.consumer,
+            &self.kafka,
+            &mut self.pending,
+            tokio::time::sleep(wait),
+        )
+        .await;
     }
 
     /// Applies `batch`, retrying transient failures (partitions paused, still polling)
@@ -688,13 +693,7 @@ impl<P: BatchProcessor> BatchConsumer<P> {
             self.health.set("apply", format!("retrying a batch: {e}"));
             let wait = backoff.next();
             warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "batch apply failed; retrying");
-            keep_polling(
-                &self.consumer,
-                &self.kafka,
-                &mut self.pending,
-                tokio::time::sleep(wait),
-            )
-            .await;
+            self.wait_polling(wait).await;
         };
         if paused {
             self.health.clear("apply");
