@@ -732,3 +732,111 @@ async fn sessions_carry_statement_and_lock_timeouts() {
     assert_eq!(show("statement_timeout").await, "30s");
     assert_eq!(show("lock_timeout").await, "10s");
 }
+
+/// The dead-letter broker is away: the consumer keeps retrying the rejection (it does
+/// not exit, it commits nothing past it, `/readyz` says why), and publishes it once
+/// a broker answers there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_publish_is_retried_until_the_broker_answers() {
+    use storepulse_runtime::consumer::{BatchConsumer, ConsumerSettings};
+    use storepulse_runtime::{ConsumerMetrics, DeadLetters};
+
+    let stack = TestStack::start("dlqretry").await;
+    let connector = Connector::new(&stack);
+    connector
+        .send(topic::SALES, 0, "acme/s-1", b"not avro at all")
+        .await;
+
+    // Dead letters go to a broker that is not there yet.
+    let dlq_port = storepulse::local_stack::free_port().expect("port");
+    let dlq_kafka = storepulse_runtime::KafkaConfig {
+        brokers: format!("127.0.0.1:{dlq_port}"),
+        produce_timeout_ms: 1_000,
+        ..stack.kafka.clone()
+    };
+    let registry = prometheus::Registry::new();
+    let codec = AvroCodec::new();
+    let dlq_producer = EventProducer::new(
+        &dlq_kafka,
+        "dlq",
+        codec.clone(),
+        ProducerMetrics::register(&registry).expect("metrics"),
+    )
+    .expect("producer");
+    let group = format!("{}dlq-group", stack.kafka.topic_prefix);
+    let writer = ReadStoreWriter::new(stack.pool.clone(), codec.clone(), group.clone(), &registry)
+        .expect("writer");
+    let consumer = BatchConsumer::new(
+        &stack.kafka,
+        ConsumerSettings {
+            group_id: group.clone(),
+            topics: vec![topic::SALES.into()],
+            batch_max_records: 100,
+            batch_max_wait: Duration::from_millis(50),
+        },
+        writer,
+        DeadLetters::new(dlq_producer, "test"),
+        schema_registry::SchemaRegistry::new(codec.clone(), &stack.kafka),
+        ConsumerMetrics::register(&registry).expect("metrics"),
+    )
+    .expect("consumer");
+    let health = consumer.health();
+    let shutdown = CancellationToken::new();
+    let run = tokio::spawn(consumer.run(shutdown.clone()));
+
+    eventually(
+        "not ready: dead letters unavailable",
+        Duration::from_secs(60),
+        || {
+            let status = health.status();
+            async move {
+                status
+                    .err()
+                    .filter(|e| e.contains("dead-letter topic unavailable"))
+            }
+        },
+    )
+    .await;
+    assert!(
+        !run.is_finished(),
+        "the consumer keeps retrying, it does not exit"
+    );
+    assert_eq!(
+        stack
+            .count(&format!(
+                "SELECT count(*) FROM consumer_offsets WHERE consumer_group = '{group}'"
+            ))
+            .await,
+        0,
+        "nothing committed past the unpublished rejection"
+    );
+
+    // The broker comes up: the rejection is published, the partition moves on.
+    let dlq_dir = tempfile::tempdir().expect("dir");
+    let _dlq_broker = storepulse::local_stack::LocalBroker::start(
+        dlq_dir.path(),
+        "memory://nisshi/",
+        Some(dlq_port),
+    )
+    .expect("start the dead-letter broker");
+    let dlq_admin = storepulse_runtime::KafkaConfig {
+        topics: storepulse_runtime::TopicSettings::single_broker(),
+        ..dlq_kafka.clone()
+    };
+    storepulse_runtime::kafka::ensure_topics(&dlq_admin, &[topic::REJECTED], 1)
+        .await
+        .expect("create the dead-letter topic");
+    eventually("the offsets stored past the rejection", Duration::from_secs(90), || async {
+        (stack
+            .count(&format!(
+                "SELECT coalesce(sum(next_offset), 0)::bigint FROM consumer_offsets WHERE consumer_group = '{group}'"
+            ))
+            .await
+            == 1)
+            .then_some(())
+    })
+    .await;
+    assert!(health.status().is_ok(), "{:?}", health.status());
+    shutdown.cancel();
+    run.await.expect("join").expect("clean stop");
+}
