@@ -25,6 +25,7 @@ use futures::stream::FuturesUnordered;
 use storepulse_runtime::config::OpsSettings;
 use storepulse_runtime::records::topic;
 use storepulse_runtime::service_shell::ShellConfig;
+use storepulse_runtime::vocabulary::{EventType, Vocabulary};
 use storepulse_runtime::{KafkaConfig, LogConfig, PostgresConfig, db, kafka};
 use tokio_util::sync::CancellationToken;
 
@@ -44,13 +45,10 @@ pub struct DevOptions {
     pub tenant_id: String,
 }
 
+/// The topic an event posted with `type` lands on (unknown types: the sensor topic,
+/// only for the live statistics).
 fn topic_of(ty: &str) -> &'static str {
-    match ty {
-        "sale" | "refund" | "void" => topic::SALES,
-        "stock_snapshot" | "stock_adjustment" => topic::INVENTORY,
-        "pos_heartbeat" => topic::DEVICE,
-        _ => topic::SENSOR_READINGS,
-    }
+    EventType::parse(ty).map_or(topic::SENSOR_READINGS, EventType::topic)
 }
 
 /// How an in-process service task ended, for people: the error's Display chain on

@@ -19,7 +19,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde_json::{Map, Value};
 use storepulse_runtime::dead_letter::Rejection;
 use storepulse_runtime::records::*;
-use storepulse_runtime::vocabulary::Vocabulary;
+use storepulse_runtime::vocabulary::{EventType, Vocabulary};
 use uuid::Uuid;
 
 /// Longest identifiers we accept (ids, SKUs): bounds row and label sizes.
@@ -351,7 +351,17 @@ fn build(
     now: DateTime<Utc>,
     policy: ValidationPolicy,
 ) -> Result<ValidEvent, Rejection> {
-    let ty = f.text("type")?;
+    let ty_text = f.text("type")?;
+    let ty = EventType::parse(&ty_text).ok_or_else(|| {
+        f.err(
+            "type",
+            format!(
+                "unknown event type {:?}; expected one of {}",
+                printable(&ty_text),
+                EventType::expected()
+            ),
+        )
+    })?;
     let event_id = f.text("event_id")?;
     let event_id = Uuid::parse_str(&event_id).map_err(|_| f.err("event_id", "must be a UUID"))?;
     if event_id.is_nil() {
@@ -402,8 +412,8 @@ fn build(
         f.only(&all)
     };
 
-    Ok(match ty.as_str() {
-        "sale" | "refund" | "void" => {
+    Ok(match ty {
+        EventType::Sale | EventType::Refund | EventType::Void => {
             allow(&[
                 "transaction_id",
                 "terminal_id",
@@ -411,9 +421,9 @@ fn build(
                 "lines",
                 "original_transaction_id",
             ])?;
-            let kind = match ty.as_str() {
-                "sale" => SaleKind::Sale,
-                "refund" => SaleKind::Refund,
+            let kind = match ty {
+                EventType::Sale => SaleKind::Sale,
+                EventType::Refund => SaleKind::Refund,
                 _ => SaleKind::Void,
             };
             let currency = f.text("currency")?;
@@ -489,7 +499,7 @@ fn build(
                 original_transaction_id,
             })
         }
-        "stock_snapshot" => {
+        EventType::StockSnapshot => {
             allow(&["sku", "quantity"])?;
             let (quantity, _) = f.quantity("quantity", policy.max_quantity)?;
             if quantity < 0.0 {
@@ -503,7 +513,7 @@ fn build(
                 reason: None,
             })
         }
-        "stock_adjustment" => {
+        EventType::StockAdjustment => {
             allow(&["sku", "quantity", "reason"])?;
             let (quantity, _) = f.quantity("quantity", policy.max_quantity)?;
             if quantity == 0.0 {
@@ -521,7 +531,7 @@ fn build(
                 reason: Some(reason),
             })
         }
-        "pos_heartbeat" => {
+        EventType::PosHeartbeat => {
             allow(&[
                 "terminal_id",
                 "app_up",
@@ -538,7 +548,7 @@ fn build(
                 software_version: f.opt_text("software_version")?,
             })
         }
-        "sensor_reading" => {
+        EventType::SensorReading => {
             allow(&["device_id", "kind", "value", "unit", "appliance"])?;
             let kind: SensorKind = f.choice("kind")?;
             let unit = match f.present("unit") {
@@ -577,12 +587,6 @@ fn build(
                 unit,
                 appliance: f.opt_text("appliance")?,
             })
-        }
-        other => {
-            return Err(f.err(
-                "type",
-                format!("unknown event type {other:?}; expected sale, refund, void, stock_snapshot, stock_adjustment, pos_heartbeat or sensor_reading"),
-            ));
         }
     })
 }

@@ -108,6 +108,41 @@ vocabulary!(DeliveryStatus, "delivery status", {
     Suppressed => "suppressed",
 });
 
+/// The `type` of an event posted to the ingest API: the one list of event kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventType {
+    Sale,
+    Refund,
+    Void,
+    StockSnapshot,
+    StockAdjustment,
+    PosHeartbeat,
+    SensorReading,
+}
+
+vocabulary!(EventType, "event type", {
+    Sale => "sale",
+    Refund => "refund",
+    Void => "void",
+    StockSnapshot => "stock_snapshot",
+    StockAdjustment => "stock_adjustment",
+    PosHeartbeat => "pos_heartbeat",
+    SensorReading => "sensor_reading",
+});
+
+impl EventType {
+    /// The topic an event of this type is published to.
+    pub fn topic(self) -> &'static str {
+        use crate::records::topic;
+        match self {
+            EventType::Sale | EventType::Refund | EventType::Void => topic::SALES,
+            EventType::StockSnapshot | EventType::StockAdjustment => topic::INVENTORY,
+            EventType::PosHeartbeat => topic::DEVICE,
+            EventType::SensorReading => topic::SENSOR_READINGS,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
