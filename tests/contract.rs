@@ -111,13 +111,32 @@ async fn a_record_postgres_refuses_is_isolated_and_the_rest_is_written() {
     let stack = TestStack::start("isolate").await;
     let connector = Connector::new(&stack);
     let codec = AvroCodec::new();
-    // One partition: good, refused (a NUL in a text column), good, good.
-    let ids: Vec<Uuid> = (0..4).map(|_| Uuid::new_v4()).collect();
+    // Postgres refuses what the topic contract allows (here: a constraint added for
+    // the test, standing in for any row the database will not take).
+    stack
+        .pool
+        .get()
+        .await
+        .expect("client")
+        .batch_execute(
+            "ALTER TABLE sales ADD CONSTRAINT test_refuses CHECK (transaction_id NOT LIKE 'refuse-%')",
+        )
+        .await
+        .expect("constraint");
+    // One partition: good, refused, good, good; then one breaking the contract (a NUL
+    // in a SKU, which Postgres text cannot hold): dead-lettered before the database.
+    let ids: Vec<Uuid> = (0..5).map(|_| Uuid::new_v4()).collect();
     for (i, id) in ids.iter().enumerate() {
-        let sku = if i == 1 { "milk\u{0}x" } else { "milk" };
-        let bytes = codec.encode(&sale(*id, sku)).expect("encode");
+        let mut s = sale(*id, if i == 4 { "milk\u{0}x" } else { "milk" });
+        if i == 1 {
+            s.transaction_id = format!("refuse-{id}");
+        }
+        let bytes = codec.encode(&s).expect("encode");
         connector.send(topic::SALES, 0, "acme/s-1", &bytes).await;
     }
+    // Filed under another store's key: dead-lettered (offset 5).
+    let foreign = codec.encode(&sale(Uuid::new_v4(), "milk")).expect("encode");
+    connector.send(topic::SALES, 0, "other/s-9", &foreign).await;
     // A dead letter whose texts carry NULs is still storable (sanitised).
     let dl = RejectedRecord {
         envelope: envelope("acme", "s-1", Uuid::new_v4()),
@@ -147,13 +166,13 @@ async fn a_record_postgres_refuses_is_isolated_and_the_rest_is_written() {
     })
     .await;
     eventually(
-        "the refused sale dead-lettered and stored",
+        "both bad sales dead-lettered and stored",
         Duration::from_secs(60),
         || async {
             (stack
                 .count("SELECT count(*) FROM rejected_events WHERE source_topic = 'pos.sales.v1'")
                 .await
-                == 1)
+                == 3)
                 .then_some(())
         },
     )
@@ -169,7 +188,7 @@ async fn a_record_postgres_refuses_is_isolated_and_the_rest_is_written() {
     assert_eq!(stored, BTreeSet::from([ids[0], ids[2], ids[3]]));
     let row = client
         .query_one(
-            "SELECT source_offset, reason, original, original_length FROM rejected_events WHERE source_topic = 'pos.sales.v1'",
+            "SELECT source_offset, reason, original, original_length FROM rejected_events WHERE source_topic = 'pos.sales.v1' AND source_offset = 1",
             &[],
         )
         .await
@@ -181,7 +200,7 @@ async fn a_record_postgres_refuses_is_isolated_and_the_rest_is_written() {
     );
     let reason: String = row.get(1);
     assert!(
-        reason.contains("refused by the store") && reason.contains("0x00"),
+        reason.contains("refused by the store") && reason.contains("test_refuses"),
         "the database's reason: {reason}"
     );
     let original: Vec<u8> = row.get(2);
@@ -207,12 +226,30 @@ async fn a_record_postgres_refuses_is_isolated_and_the_rest_is_written() {
         Some("x\u{FFFD}y")
     );
     assert_eq!(sanitised.get::<_, Vec<u8>>(2), b"\0raw");
-    // The partition moved on: the offsets cover all four records.
+    let field: Option<String> = client
+        .query_one(
+            "SELECT field FROM rejected_events WHERE source_topic = 'pos.sales.v1' AND source_offset = 4",
+            &[],
+        )
+        .await
+        .expect("contract dead letter")
+        .get(0);
+    assert_eq!(field.as_deref(), Some("lines[0].sku"));
+    let field: Option<String> = client
+        .query_one(
+            "SELECT field FROM rejected_events WHERE source_topic = 'pos.sales.v1' AND source_offset = 5",
+            &[],
+        )
+        .await
+        .expect("foreign key dead letter")
+        .get(0);
+    assert_eq!(field.as_deref(), Some("key"));
+    // The partition moved on: the offsets cover all six records.
     assert_eq!(
         stack
             .count("SELECT next_offset FROM consumer_offsets WHERE topic = 'pos.sales.v1' AND partition = 0")
             .await,
-        4
+        6
     );
     stop(shutdown, handle).await;
 }

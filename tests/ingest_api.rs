@@ -292,7 +292,7 @@ async fn every_bound_is_enforced_with_a_named_field() {
         (2, "quantity", "3 decimal"),
         (3, "event_id", "nil UUID"),
         (4, "occurred_at", "older than"),
-        (5, "col\\u{0}our", "unknown field"),
+        (5, "col\\u0000our", "unknown field"),
         (7, "event_id", "repeats the id of event 6"),
     ];
     for (i, field, reason) in expect {
@@ -341,6 +341,7 @@ async fn every_bound_is_enforced_with_a_named_field() {
     for ct in [
         Some("text/plain"),
         Some("application/x-www-form-urlencoded"),
+        Some("application/json; charset=latin1"),
         None,
     ] {
         let mut headers = vec![("authorization", auth.as_str())];

@@ -24,6 +24,7 @@ use prometheus::{IntCounterVec, Opts, Registry};
 use sha2::{Digest, Sha256};
 use storepulse_runtime::avro::AvroCodec;
 use storepulse_runtime::consumer::{Batch, BatchProcessor, ConsumedRecord, Failure, Positioned};
+use storepulse_runtime::contract::{self, RecordContract};
 use storepulse_runtime::dead_letter::{Rejection, storable_text};
 use storepulse_runtime::records::{
     Envelope, InventoryChange, PosHeartbeat, Record, RejectedRecord, SaleTransaction,
@@ -565,32 +566,6 @@ impl ReadStoreWriter {
     }
 }
 
-/// Checks what the read store needs of an envelope: a UUID id (not nil) and
-/// representable times.
-fn check_envelope(e: &Envelope) -> Result<Uuid, Rejection> {
-    let id = Uuid::parse_str(&e.event_id).map_err(|_| {
-        Rejection::field("envelope.event_id", format!("not a UUID: {:?}", e.event_id))
-    })?;
-    if id.is_nil() {
-        return Err(Rejection::field(
-            "envelope.event_id",
-            "the nil UUID is not an event id",
-        ));
-    }
-    for (field, us) in [
-        ("envelope.occurred_at", e.occurred_at),
-        ("envelope.received_at", e.received_at),
-    ] {
-        if DateTime::from_timestamp_micros(us).is_none() {
-            return Err(Rejection::field(
-                field,
-                format!("{us} µs since the epoch is not a representable time"),
-            ));
-        }
-    }
-    Ok(id)
-}
-
 /// Content hash of a record: its encoding with `received_at` zeroed (a retry is
 /// received again, later, but is the same event).
 fn content_hash<T: Record + Clone>(
@@ -606,21 +581,47 @@ fn content_hash<T: Record + Clone>(
     Ok(Sha256::digest(&bytes).to_vec())
 }
 
-fn decode_as<T: Record + Clone>(
+/// Decodes a record and checks it against the topic contract
+/// ([`storepulse_runtime::contract`]): what breaks it is dead-lettered, never stored.
+fn decode_as<T: Record + Clone + RecordContract>(
     codec: &AvroCodec,
     rec: &ConsumedRecord,
     wrap: fn(T) -> RawBody,
     envelope_mut: fn(&mut T) -> &mut Envelope,
 ) -> Result<RawEvent, Rejection> {
-    let value: T = codec
-        .decode(&rec.payload)
-        .map_err(|e| Rejection::whole(format!("undecodable {}: {e}", T::TOPIC)))?;
-    let id = check_envelope(value.envelope())?;
+    let value: T = decode_record(codec, rec)?;
+    let id = contract::check_envelope(value.envelope(), rec.key.as_deref())?;
+    value.check_body()?;
     let content_hash = content_hash(codec, &value, |v| envelope_mut(v).received_at = 0)?;
     Ok(RawEvent {
         id,
         content_hash,
         body: wrap(value),
+    })
+}
+
+fn decode_record<T: Record>(codec: &AvroCodec, rec: &ConsumedRecord) -> Result<T, Rejection> {
+    codec
+        .decode(&rec.payload)
+        .map_err(|e| Rejection::whole(format!("undecodable {}: {e}", T::TOPIC)))
+}
+
+/// Dead letters keep whatever key and texts their source had (sanitised when
+/// stored); they need only an id and representable times.
+fn decode_rejected(codec: &AvroCodec, rec: &ConsumedRecord) -> Result<RawEvent, Rejection> {
+    let value: RejectedRecord = decode_record(codec, rec)?;
+    let lenient = Envelope {
+        tenant_id: "-".into(),
+        store_id: "-".into(),
+        source: "-".into(),
+        ..value.envelope.clone()
+    };
+    let id = contract::check_envelope(&lenient, None)?;
+    let content_hash = content_hash(codec, &value, |v| v.envelope.received_at = 0)?;
+    Ok(RawEvent {
+        id,
+        content_hash,
+        body: RawBody::Rejected(value),
     })
 }
 
@@ -645,9 +646,7 @@ impl BatchProcessor for ReadStoreWriter {
                     &mut r.envelope
                 })
             }
-            topic::REJECTED => decode_as(c, rec, RawBody::Rejected, |r: &mut RejectedRecord| {
-                &mut r.envelope
-            }),
+            topic::REJECTED => decode_rejected(c, rec),
             other => Err(Rejection::whole(format!(
                 "compactor does not read topic {other}"
             ))),

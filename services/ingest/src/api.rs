@@ -170,13 +170,16 @@ fn is_json(headers: &HeaderMap) -> bool {
     else {
         return false;
     };
-    let mime = ct
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+    let mut parts = ct.split(';');
+    let mime = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+    // JSON is UTF-8 (RFC 8259); a declared other charset is not JSON we can read.
+    let utf8 = parts.all(|p| {
+        let (name, value) = p.split_once('=').unwrap_or((p, ""));
+        !name.trim().eq_ignore_ascii_case("charset")
+            || value.trim().trim_matches('"').eq_ignore_ascii_case("utf-8")
+    });
+    utf8 && (mime == "application/json"
+        || (mime.starts_with("application/") && mime.ends_with("+json")))
 }
 
 /// Whether a body read failed because the body is longer than the limit (413), not
@@ -217,7 +220,7 @@ async fn handle(api: &IngestApi, headers: &HeaderMap, body: Body) -> Response {
         return error(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
-            "missing `Authorization: Bearer <api key>` header",
+            "send the API key as `Authorization: Bearer <api key>`",
         );
     };
     let (who, key_id) = match api.keys.authenticate(token).await {
@@ -246,7 +249,7 @@ async fn handle(api: &IngestApi, headers: &HeaderMap, body: Body) -> Response {
         return error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
-            "send the batch as JSON with `Content-Type: application/json`",
+            "send the batch as UTF-8 JSON with `Content-Type: application/json`",
         );
     }
     let bytes = match axum::body::to_bytes(body, s.max_body_bytes).await {

@@ -17,15 +17,13 @@
 
 use chrono::{DateTime, Duration, Utc};
 use serde_json::{Map, Value};
+use storepulse_runtime::contract::{
+    MAX_ID_LEN, MAX_LINES, milli_units, sensor_range, sensor_value_ok, total_minor,
+};
 use storepulse_runtime::dead_letter::Rejection;
 use storepulse_runtime::records::*;
 use storepulse_runtime::vocabulary::{EventType, Vocabulary};
 use uuid::Uuid;
-
-/// Longest identifiers we accept (ids, SKUs): bounds row and label sizes.
-const MAX_ID_LEN: usize = 128;
-/// Most line items in one transaction.
-const MAX_LINES: usize = 500;
 
 /// Who is posting: the store the API key is bound to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,37 +115,15 @@ impl Default for ValidationPolicy {
     }
 }
 
-/// Quantities carry at most this many decimals (grams of a kilogram), so money can
-/// be computed exactly in integers: milli-units × minor units.
-const QUANTITY_SCALE: f64 = 1000.0;
-
-/// `quantity` in thousandths, if it has at most three decimals.
-fn milli_units(quantity: f64) -> Option<i64> {
-    let scaled = quantity * QUANTITY_SCALE;
-    let rounded = scaled.round();
-    ((scaled - rounded).abs() <= 1e-6 * rounded.abs().max(1.0)).then_some(rounded as i64)
-}
-
-/// Σ quantity × unit price, in minor units, computed in integers and rounded half
-/// away from zero; `None` if it does not fit a 64-bit total.
-pub fn total_minor(lines: &[(i64, i64)]) -> Option<i64> {
-    let mut sum: i128 = 0;
-    for &(milli, price) in lines {
-        sum = sum.checked_add(i128::from(milli).checked_mul(i128::from(price))?)?;
-    }
-    let scale = QUANTITY_SCALE as i128;
-    let rounded = (sum + scale / 2).div_euclid(scale);
-    i64::try_from(rounded).ok()
-}
-
-/// A key or value as it may appear in an error message: control characters escaped.
+/// A key or value as it may appear in an error message: control characters as
+/// JSON escapes (`\u0000`), like the request spelled them.
 fn printable(text: &str) -> String {
     text.chars()
-        .flat_map(|c| {
+        .map(|c| {
             if c.is_control() {
-                c.escape_default().collect::<Vec<_>>()
+                format!("\\u{:04x}", u32::from(c))
             } else {
-                vec![c]
+                c.to_string()
             }
         })
         .collect()
@@ -213,6 +189,8 @@ impl<'a> Fields<'a> {
             Some(Value::Number(n)) => n
                 .as_f64()
                 .filter(|f| f.is_finite())
+                // -0 is 0: one zero in the read store.
+                .map(|f| if f == 0.0 { 0.0 } else { f })
                 .ok_or_else(|| self.err(key, "must be a finite number")),
             Some(other) => {
                 Err(self.err(key, format!("must be a number, got {}", json_type(other))))
@@ -565,19 +543,8 @@ fn build(
                 ));
             }
             let value = f.number("value")?;
-            let in_range = match kind {
-                SensorKind::Temperature => (-60.0..=80.0).contains(&value),
-                SensorKind::Humidity => (0.0..=100.0).contains(&value),
-                SensorKind::Door | SensorKind::Power => value == 0.0 || value == 1.0,
-            };
-            if !in_range {
-                let why = match kind {
-                    SensorKind::Temperature => "outside the physical range -60..80 °C",
-                    SensorKind::Humidity => "outside 0..100 %",
-                    SensorKind::Door => "must be 1 (open) or 0 (closed)",
-                    SensorKind::Power => "must be 1 (on) or 0 (off)",
-                };
-                return Err(f.err("value", why));
+            if !sensor_value_ok(kind, value) {
+                return Err(f.err("value", sensor_range(kind).1));
             }
             ValidEvent::Sensor(SensorReading {
                 envelope,
@@ -658,12 +625,6 @@ mod tests {
 
     #[test]
     fn money_is_summed_exactly_in_integers() {
-        assert_eq!(milli_units(0.333), Some(333));
-        assert_eq!(milli_units(2.0), Some(2000));
-        assert_eq!(milli_units(0.0001), None);
-        assert_eq!(total_minor(&[(333, 199); 3]), Some(199)); // 198.801 -> 199
-        assert_eq!(total_minor(&[(1500, 3)]), Some(5)); // 4.5 -> 5, half up
-        assert_eq!(total_minor(&[(1_000_000_000, i64::MAX)]), None, "overflow");
         let mut v = sale();
         v["lines"] = json!([{"sku":"a","quantity":0.1,"unit_price_minor":3},
                             {"sku":"b","quantity":0.2,"unit_price_minor":3}]);
@@ -698,7 +659,7 @@ mod tests {
         );
         let mut v = sale();
         v["x\u{0}y"] = json!(1);
-        assert_eq!(rejected_field(v), "x\\u{0}y", "the key is escaped");
+        assert_eq!(rejected_field(v), "x\\u0000y", "the key is escaped");
     }
 
     #[test]

@@ -8,6 +8,7 @@
 pub mod avro;
 pub mod config;
 pub mod consumer;
+pub mod contract;
 pub mod db;
 pub mod dead_letter;
 pub mod kafka;
