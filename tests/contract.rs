@@ -17,7 +17,7 @@ use storepulse_runtime::consumer::{Batch, BatchProcessor, ConsumedRecord, Positi
 use storepulse_runtime::records::*;
 use storepulse_runtime::vocabulary::Vocabulary;
 use storepulse_runtime::{AvroCodec, EventProducer, ProducerMetrics, schema_registry};
-use support::{TestStack, eventually, start_compactor};
+use support::{TestStack, eventually, start_compactor, start_compactor_with};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -810,6 +810,7 @@ async fn a_dead_letter_publish_is_retried_until_the_broker_answers() {
             topics: vec![topic::SALES.into()],
             batch_max_records: 100,
             batch_max_wait: Duration::from_millis(50),
+            unknown_schema_hold: Duration::from_secs(900),
         },
         writer,
         DeadLetters::new(dlq_producer, "test"),
@@ -876,4 +877,81 @@ async fn a_dead_letter_publish_is_retried_until_the_broker_answers() {
     assert!(health.status().is_ok(), "{:?}", health.status());
     shutdown.cancel();
     run.await.expect("join").expect("clean stop");
+}
+
+/// A header naming a schema nobody will ever publish (here: a zeroed fingerprint)
+/// holds its partition only for `unknown_schema_hold_secs`: then the record is
+/// dead-lettered with the reason and the partition moves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_that_never_appears_is_dead_lettered_after_the_hold() {
+    let stack = TestStack::start("schemahold").await;
+    let connector = Connector::new(&stack);
+    let mut corrupt = vec![0xC3, 0x01];
+    corrupt.extend_from_slice(&[0; 8]);
+    corrupt.extend_from_slice(b"xx");
+    connector
+        .send(topic::SENSOR_READINGS, 0, "acme/s-1", &corrupt)
+        .await;
+    let behind = reading("acme", "s-1", Uuid::new_v4(), -18.0);
+    connector
+        .send(
+            topic::SENSOR_READINGS,
+            0,
+            "acme/s-1",
+            &AvroCodec::new().encode(&behind).expect("encode"),
+        )
+        .await;
+    let shutdown = CancellationToken::new();
+    let settings = storepulse_compactor::CompactorSettings {
+        group_id: format!("{}compactor", stack.kafka.topic_prefix),
+        unknown_schema_hold_secs: 2,
+        ..Default::default()
+    };
+    let (url, handle) = start_compactor_with(&stack, &shutdown, None, None, settings).await;
+    eventually(
+        "held, naming the fingerprint",
+        Duration::from_secs(60),
+        || {
+            let url = url.clone();
+            async move {
+                let (status, body) = get(&format!("{url}/readyz")).await;
+                (status == 503 && body.contains("0000000000000000")).then_some(())
+            }
+        },
+    )
+    .await;
+    eventually(
+        "the record behind it and the dead letter stored",
+        Duration::from_secs(60),
+        || async {
+            (stack.count("SELECT count(*) FROM sensor_readings").await == 1
+                && stack
+                    .count("SELECT count(*) FROM rejected_events WHERE source_topic = 'sensor.readings.v1'")
+                    .await
+                    == 1)
+                .then_some(())
+        },
+    )
+    .await;
+    let client = stack.pool.get().await.expect("client");
+    let row = client
+        .query_one(
+            "SELECT reason, source_offset FROM rejected_events WHERE source_topic = 'sensor.readings.v1'",
+            &[],
+        )
+        .await
+        .expect("dead letter");
+    let reason: String = row.get(0);
+    assert!(
+        reason.contains("0000000000000000")
+            && reason.contains("not in the schema registry after 2 s"),
+        "{reason}"
+    );
+    assert_eq!(row.get::<_, Option<i64>>(1), Some(0));
+    eventually("ready again", Duration::from_secs(30), || {
+        let url = url.clone();
+        async move { (get(&format!("{url}/readyz")).await.0 == 200).then_some(()) }
+    })
+    .await;
+    stop(shutdown, handle).await;
 }

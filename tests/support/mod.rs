@@ -106,6 +106,21 @@ pub async fn start_compactor(
     postgres: Option<PostgresConfig>,
     kafka: Option<KafkaConfig>,
 ) -> (String, tokio::task::JoinHandle<anyhow::Result<()>>) {
+    let settings = storepulse_compactor::CompactorSettings {
+        group_id: format!("{}compactor", stack.kafka.topic_prefix),
+        ..Default::default()
+    };
+    start_compactor_with(stack, shutdown, postgres, kafka, settings).await
+}
+
+/// [`start_compactor`] with its `[compactor]` settings given.
+pub async fn start_compactor_with(
+    stack: &TestStack,
+    shutdown: &tokio_util::sync::CancellationToken,
+    postgres: Option<PostgresConfig>,
+    kafka: Option<KafkaConfig>,
+    compactor: storepulse_compactor::CompactorSettings,
+) -> (String, tokio::task::JoinHandle<anyhow::Result<()>>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -114,10 +129,7 @@ pub async fn start_compactor(
         kafka: kafka.unwrap_or_else(|| stack.kafka.clone()),
         postgres: postgres.unwrap_or_else(|| stack.postgres.clone()),
         log: Default::default(),
-        compactor: storepulse_compactor::CompactorSettings {
-            group_id: format!("{}compactor", stack.kafka.topic_prefix),
-            ..Default::default()
-        },
+        compactor,
     };
     let handle = tokio::spawn(storepulse_compactor::run_with_listener(
         config,

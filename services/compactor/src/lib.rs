@@ -38,6 +38,9 @@ pub struct CompactorSettings {
     pub batch_max_wait_ms: u64,
     /// Time given to finish the batch in hand on SIGTERM, in ms.
     pub shutdown_grace_ms: u64,
+    /// How long a partition waits, paused, for an unknown writer schema to appear in
+    /// the schema registry before the record is dead-lettered, in s.
+    pub unknown_schema_hold_secs: u64,
 }
 
 impl Default for CompactorSettings {
@@ -48,6 +51,7 @@ impl Default for CompactorSettings {
             batch_max_records: 2_000,
             batch_max_wait_ms: 100,
             shutdown_grace_ms: 30_000,
+            unknown_schema_hold_secs: 900,
         }
     }
 }
@@ -126,6 +130,7 @@ pub async fn run_with_listener(
         topics: INPUT_TOPICS.iter().map(|t| t.to_string()).collect(),
         batch_max_records: config.compactor.batch_max_records,
         batch_max_wait: Duration::from_millis(config.compactor.batch_max_wait_ms),
+        unknown_schema_hold: Duration::from_secs(config.compactor.unknown_schema_hold_secs),
     };
     let consumer = BatchConsumer::new(
         &config.kafka,

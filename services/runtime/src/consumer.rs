@@ -134,6 +134,11 @@ pub struct ConsumerSettings {
     pub batch_max_records: usize,
     /// Longest wait to fill a batch once its first record arrived.
     pub batch_max_wait: Duration,
+    /// How long a partition is held at a record whose writer schema is unknown
+    /// before that record is dead-lettered and the partition moves on (a corrupt
+    /// header would otherwise hold it forever). Redrive it once the schema is
+    /// published.
+    pub unknown_schema_hold: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -225,6 +230,8 @@ impl ConsumerContext for RebalanceObserver {
 struct Blocked {
     offset: i64,
     fingerprint: String,
+    /// When the partition was paused, for [`ConsumerSettings::unknown_schema_hold`].
+    since: Instant,
 }
 
 /// How often a paused partition's schema is looked up again.
@@ -249,6 +256,9 @@ pub struct BatchConsumer<P: BatchProcessor> {
     blocked: HashMap<(String, i32), Blocked>,
     /// When the registry was last read for the blocked partitions.
     last_registry_check: Instant,
+    /// Held records whose hold ran out, by (base topic, partition, offset), with the
+    /// reason they are dead-lettered when read again.
+    given_up: HashMap<(String, i32, i64), String>,
 }
 
 impl<P: BatchProcessor> std::fmt::Debug for BatchConsumer<P> {
@@ -332,6 +342,7 @@ impl<P: BatchProcessor> BatchConsumer<P> {
             pending: Vec::new(),
             blocked: HashMap::new(),
             last_registry_check: Instant::now(),
+            given_up: HashMap::new(),
         })
     }
 
@@ -350,6 +361,7 @@ impl<P: BatchProcessor> BatchConsumer<P> {
             if !self.blocked.is_empty() && self.last_registry_check.elapsed() >= REGISTRY_RECHECK {
                 self.unblock_known().await;
             }
+            self.give_up_expired_holds();
             if shutdown.is_cancelled() {
                 break;
             }
@@ -414,6 +426,13 @@ impl<P: BatchProcessor> BatchConsumer<P> {
             batch
                 .next_offsets
                 .insert((rec.topic.clone(), rec.partition), rec.offset + 1);
+            let given_up = self
+                .given_up
+                .remove(&(rec.topic.clone(), rec.partition, rec.offset));
+            if let Some(reason) = given_up {
+                rejected.push((rec, Rejection::whole(reason)));
+                continue;
+            }
             match self.processor.decode(rec) {
                 Ok(item) => batch.items.push(Positioned {
                     topic: rec.topic.clone(),
@@ -461,6 +480,13 @@ impl<P: BatchProcessor> BatchConsumer<P> {
             let tp = (rec.topic.clone(), rec.partition);
             if self.blocked.contains_key(&tp) {
                 continue; // re-read after the seek that resumes the partition
+            }
+            if self
+                .given_up
+                .contains_key(&(rec.topic.clone(), rec.partition, rec.offset))
+            {
+                kept.push(rec); // dead-lettered by process()
+                continue;
             }
             let fp = match self.registry.codec().writer_schema(&rec.payload) {
                 Err(CodecError::UnknownWriterSchema(fp)) => fp,
@@ -513,8 +539,63 @@ impl<P: BatchProcessor> BatchConsumer<P> {
             Blocked {
                 offset: rec.offset,
                 fingerprint,
+                since: Instant::now(),
             },
         );
+    }
+
+    /// Resumes the partitions held longer than `unknown_schema_hold`; their held
+    /// record is dead-lettered when it is read again.
+    fn give_up_expired_holds(&mut self) {
+        let hold = self.settings.unknown_schema_hold;
+        let expired: Vec<(String, i32)> = self
+            .blocked
+            .iter()
+            .filter(|(_, b)| b.since.elapsed() >= hold)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for (topic, partition) in expired {
+            let Some(b) = self.blocked.remove(&(topic.clone(), partition)) else {
+                continue;
+            };
+            warn!(%topic, partition, offset = b.offset, fingerprint = %b.fingerprint, hold_secs = hold.as_secs(), "writer schema still unknown; dead-lettering the held record");
+            self.given_up.insert(
+                (topic.clone(), partition, b.offset),
+                format!(
+                    "unknown writer schema fingerprint {}: not in the schema registry after {} s; publish the schema, then redrive this record",
+                    b.fingerprint,
+                    hold.as_secs()
+                ),
+            );
+            self.resume_at(&topic, partition, b.offset);
+        }
+    }
+
+    /// Seeks a held partition back to `offset` and resumes it.
+    fn resume_at(&mut self, topic: &str, partition: i32, offset: i64) {
+        let full = self.kafka.topic(topic);
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&full, partition);
+        let resumed = self
+            .consumer
+            .seek(
+                &full,
+                partition,
+                Offset::Offset(offset),
+                Duration::from_secs(5),
+            )
+            .and_then(|()| self.consumer.resume(&tpl));
+        match resumed {
+            Ok(()) => info!(%topic, partition, offset, "partition resumed"),
+            // Revoked meanwhile: its next owner starts from the last commit, which
+            // is before the held record.
+            Err(e) => info!(%topic, partition, error = %e, "held partition no longer ours"),
+        }
+        self.metrics
+            .paused_partitions
+            .with_label_values(&[topic])
+            .dec();
+        self.health.clear(&format!("schema:{topic}/{partition}"));
     }
 
     /// Resumes the held partitions whose schema the registry now has, from the held
@@ -535,34 +616,10 @@ impl<P: BatchProcessor> BatchConsumer<P> {
             .map(|(k, _)| k.clone())
             .collect();
         for (topic, partition) in known {
-            let Some(b) = self.blocked.remove(&(topic.clone(), partition)) else {
-                continue;
-            };
-            let full = self.kafka.topic(&topic);
-            let mut tpl = TopicPartitionList::new();
-            tpl.add_partition(&full, partition);
-            let resumed = self
-                .consumer
-                .seek(
-                    &full,
-                    partition,
-                    Offset::Offset(b.offset),
-                    Duration::from_secs(5),
-                )
-                .and_then(|()| self.consumer.resume(&tpl));
-            match resumed {
-                Ok(()) => {
-                    info!(%topic, partition, offset = b.offset, "writer schema now known; partition resumed")
-                }
-                // Revoked meanwhile: its next owner starts from the last commit,
-                // which is before the held record.
-                Err(e) => info!(%topic, partition, error = %e, "held partition no longer ours"),
+            if let Some(b) = self.blocked.remove(&(topic.clone(), partition)) {
+                info!(%topic, partition, "writer schema now known");
+                self.resume_at(&topic, partition, b.offset);
             }
-            self.metrics
-                .paused_partitions
-                .with_label_values(&[&topic])
-                .dec();
-            self.health.clear(&format!("schema:{topic}/{partition}"));
         }
     }
 
