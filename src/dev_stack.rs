@@ -102,6 +102,25 @@ where
     running.push(Box::pin(async move { (name, handle.await) }));
 }
 
+/// Why the service behind `readyz_url` is not ready (its failing checks), or `None`
+/// when it is ready or cannot be asked (a stopped service is reported as stopped).
+async fn not_ready(readyz_url: &str) -> Option<String> {
+    let resp = reqwest::get(readyz_url).await.ok()?;
+    if resp.status().is_success() {
+        return None;
+    }
+    let body = resp.text().await.unwrap_or_default();
+    Some(failing_checks(&body))
+}
+
+/// The lines of a `/readyz` body that are not `name: ok`, on one line.
+fn failing_checks(body: &str) -> String {
+    body.lines()
+        .filter(|l| !l.trim().is_empty() && !l.ends_with(": ok"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// Runs the dev stack until `shutdown`.
 pub async fn run(opts: DevOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
     local_stack::ensure_nisshi()?;
@@ -282,8 +301,12 @@ pub async fn run(opts: DevOptions, shutdown: CancellationToken) -> anyhow::Resul
                 })
                 .collect();
             let rows = rows_written(&pool).await.unwrap_or(0);
+            let readiness = not_ready(&format!("http://{compactor_addr}/readyz"))
+                .await
+                .map(|why| format!(" | compactor NOT READY: {why}"))
+                .unwrap_or_default();
             println!(
-                "{} | rows in Postgres {rows} | accepted {} rejected {} | sim time {}{}",
+                "{} | rows in Postgres {rows} | accepted {} rejected {} | sim time {}{}{readiness}",
                 rates.join("  "),
                 gateway.stats.accepted.load(Ordering::Relaxed),
                 gateway.stats.rejected.load(Ordering::Relaxed),
@@ -349,6 +372,15 @@ pub async fn wait_for_broker(cfg: &KafkaConfig) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn not_ready_shows_only_the_failing_checks() {
+        let body = "kafka: ok\npostgres: ok\nconsumer: partition x/2 paused at offset 9: unknown writer schema\n";
+        assert_eq!(
+            super::failing_checks(body),
+            "consumer: partition x/2 paused at offset 9: unknown writer schema"
+        );
+    }
+
     use super::*;
 
     #[tokio::test]
