@@ -89,3 +89,29 @@ fn a_bad_setting_is_named_at_start() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown config section `ingst`"));
 }
+
+/// The documented example configuration loads, every section and key known, and its
+/// values are the defaults the README lists.
+#[test]
+fn the_example_config_is_valid_and_matches_the_defaults() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/storepulse.example.toml");
+    let src = storepulse_runtime::ConfigSource::from_toml(
+        &std::fs::read_to_string(&path).expect("example config"),
+    )
+    .expect("example parses");
+    let ingest: storepulse_ingest::IngestSettings = src.section("ingest").expect("ingest");
+    let defaults = storepulse_ingest::IngestSettings::default();
+    assert_eq!(ingest.max_event_age_secs, defaults.max_event_age_secs);
+    assert_eq!(ingest.max_unit_price_minor, defaults.max_unit_price_minor);
+    let compactor: storepulse_compactor::CompactorSettings =
+        src.section("compactor").expect("compactor");
+    assert_eq!(
+        compactor.unknown_schema_hold_secs,
+        storepulse_compactor::CompactorSettings::default().unknown_schema_hold_secs
+    );
+    let pg: storepulse_runtime::PostgresConfig = src.section("postgres").expect("postgres");
+    assert_eq!(pg.statement_timeout_ms, 30_000);
+    let _: storepulse_runtime::KafkaConfig = src.section("kafka").expect("kafka");
+    let _: storepulse_runtime::LogConfig = src.section("log").expect("log");
+}
