@@ -316,7 +316,19 @@ impl<P: BatchProcessor> BatchConsumer<P> {
         registry: SchemaRegistry,
         metrics: ConsumerMetrics,
     ) -> Result<Self, ConsumerError> {
-        let consumer: StreamConsumer<RebalanceObserver> = client_config(kafka, &settings.group_id)
+        let mut config = client_config(kafka, &settings.group_id);
+        // A member that dies (kill -9, a lost node) holds its partitions until its
+        // session times out: 10 s rather than librdkafka's 45 s, so a replacement
+        // takes over quickly. `kafka.properties` may set another value.
+        for (key, value) in [
+            ("session.timeout.ms", "10000"),
+            ("heartbeat.interval.ms", "3000"),
+        ] {
+            if !kafka.properties.contains_key(key) {
+                config.set(key, value);
+            }
+        }
+        let consumer: StreamConsumer<RebalanceObserver> = config
             .set("group.id", &settings.group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
