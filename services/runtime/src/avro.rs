@@ -52,7 +52,9 @@ pub enum CodecError {
     NotSingleObject { len: usize },
     #[error("unknown writer schema fingerprint {0}; register the schema or upgrade this service")]
     UnknownWriterSchema(String),
-    #[error("writer schema {writer} cannot be resolved to reader schema {reader}: {source}")]
+    #[error(
+        "cannot read the datum as {reader} written with {writer} (truncated, corrupt, or an incompatible schema): {source}"
+    )]
     Resolution {
         writer: String,
         reader: String,
