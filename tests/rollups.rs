@@ -20,21 +20,40 @@ use support::TestDb;
 use uuid::Uuid;
 
 /// The rollup tables, their key columns and value columns.
-const ROLLUPS: [(&str, &str, &str); 4] = [
+const ROLLUPS: [(&str, &str, &str); 5] = [
     ("sales_hourly", SALES_KEY, SALES_VALUES),
     ("sales_daily", SALES_KEY, SALES_VALUES),
     ("sensor_stats_5m", SENSOR_KEY, SENSOR_VALUES),
     ("sensor_stats_hourly", SENSOR_KEY, SENSOR_VALUES),
+    ("pos_uptime_daily", UPTIME_KEY, UPTIME_VALUES),
 ];
 const SALES_KEY: &str = "tenant_id, store_id, sku, currency, bucket";
 const SALES_VALUES: &str = "units_sold, units_refunded, units_voided, sold_minor, refunded_minor, \
      voided_minor, transactions, refunds, voids, units, revenue_minor";
 const SENSOR_KEY: &str = "tenant_id, store_id, device_id, kind, bucket";
 const SENSOR_VALUES: &str = "readings, value_min, value_max, value_sum, out_of_range, value_avg";
+const UPTIME_KEY: &str = "tenant_id, store_id, terminal_id, bucket";
+const UPTIME_VALUES: &str = "heartbeats, heartbeats_app_up, heartbeats_printer_ok, \
+     heartbeats_network_online, minutes_seen, minutes_up, uptime_ratio";
 
 /// A full recount of `rollup` from the raw tables, written independently of the
 /// compactor's incremental statements.
 fn recount(rollup: &str) -> String {
+    if rollup == "pos_uptime_daily" {
+        let minute = "date_trunc('minute', h.occurred_at, 'UTC')";
+        return format!(
+            "SELECT h.tenant_id, h.store_id, h.terminal_id,
+                    date_trunc('day', h.occurred_at, 'UTC') AS bucket,
+                    count(*), count(*) FILTER (WHERE h.app_up),
+                    count(*) FILTER (WHERE h.printer = 'ok'),
+                    count(*) FILTER (WHERE h.network = 'online'),
+                    count(DISTINCT {minute}),
+                    count(DISTINCT {minute}) FILTER (WHERE h.app_up),
+                    (count(DISTINCT {minute}) FILTER (WHERE h.app_up))::float8 / 1440
+             FROM pos_heartbeats h
+             GROUP BY 1, 2, 3, 4"
+        );
+    }
     let (bucket, sales) = match rollup {
         "sales_hourly" => ("date_trunc('hour', l.occurred_at, 'UTC')", true),
         "sales_daily" => ("date_trunc('day', l.occurred_at, 'UTC')", true),
@@ -207,11 +226,29 @@ const DEVICES: [(&str, SensorKind, SensorUnit, Option<&str>); 5] = [
     ("hum-1", SensorKind::Humidity, SensorUnit::Percent, None),
 ];
 
+fn heartbeat_of(
+    env: Envelope,
+    terminal: &str,
+    app_up: bool,
+    printer: PrinterStatus,
+    network: NetworkStatus,
+) -> Published {
+    Published::Heartbeat(PosHeartbeat {
+        envelope: env,
+        terminal_id: terminal.into(),
+        app_up,
+        printer,
+        network,
+        software_version: None,
+    })
+}
+
 /// A record as published to the log.
 #[derive(Debug, Clone)]
 enum Published {
     Sale(SaleTransaction),
     Reading(SensorReading),
+    Heartbeat(PosHeartbeat),
 }
 
 impl Published {
@@ -219,24 +256,28 @@ impl Published {
         match self {
             Published::Sale(s) => &s.envelope,
             Published::Reading(r) => &r.envelope,
+            Published::Heartbeat(h) => &h.envelope,
         }
     }
     fn envelope_mut(&mut self) -> &mut Envelope {
         match self {
             Published::Sale(s) => &mut s.envelope,
             Published::Reading(r) => &mut r.envelope,
+            Published::Heartbeat(h) => &mut h.envelope,
         }
     }
     fn topic(&self) -> &'static str {
         match self {
             Published::Sale(_) => topic::SALES,
             Published::Reading(_) => topic::SENSOR_READINGS,
+            Published::Heartbeat(_) => topic::DEVICE,
         }
     }
     fn encode(&self, codec: &AvroCodec) -> Vec<u8> {
         match self {
             Published::Sale(s) => codec.encode(s),
             Published::Reading(r) => codec.encode(r),
+            Published::Heartbeat(h) => codec.encode(h),
         }
         .expect("encode")
     }
@@ -371,6 +412,43 @@ async fn rollups_follow_their_documented_semantics() {
         // Power has limits [1, 1]: off is out of range; humidity has none.
         reading_of(env(8, "2026-11-23T10:06:00Z"), 3, 0.0),
         reading_of(env(9, "2026-11-23T10:07:00Z"), 4, 99.0),
+        // pos-1: up in minute 0 (twice), down in minute 1, up at 23:59:59.5; the next
+        // day's first heartbeat is in its own day.
+        heartbeat_of(
+            env(10, "2026-11-23T00:00:00Z"),
+            "pos-1",
+            true,
+            PrinterStatus::Ok,
+            NetworkStatus::Online,
+        ),
+        heartbeat_of(
+            env(11, "2026-11-23T00:00:30Z"),
+            "pos-1",
+            true,
+            PrinterStatus::PaperLow,
+            NetworkStatus::Online,
+        ),
+        heartbeat_of(
+            env(12, "2026-11-23T00:01:00Z"),
+            "pos-1",
+            false,
+            PrinterStatus::Ok,
+            NetworkStatus::Offline,
+        ),
+        heartbeat_of(
+            env(13, "2026-11-23T23:59:59.5Z"),
+            "pos-1",
+            true,
+            PrinterStatus::Ok,
+            NetworkStatus::Degraded,
+        ),
+        heartbeat_of(
+            env(14, "2026-11-24T00:00:00Z"),
+            "pos-1",
+            false,
+            PrinterStatus::Error,
+            NetworkStatus::Online,
+        ),
     ];
     let log = log_of(records);
     w.apply(&batch(&w, &codec, &log[..5])).await.expect("apply");
@@ -426,6 +504,23 @@ async fn rollups_follow_their_documented_semantics() {
             "(freezer-1,\"2026-11-23 10:00:00\",3,-20.5,-10,-48.5,1,-16.166666666666668)",
             "(hum-1,\"2026-11-23 10:00:00\",1,99,99,99,0,99)",
             "(power-1,\"2026-11-23 10:00:00\",1,0,0,0,1,0)",
+        ]
+    );
+    assert_eq!(
+        rows(
+            &db,
+            &format!(
+                "SELECT terminal_id, bucket AT TIME ZONE 'UTC', {UPTIME_VALUES},
+                        substring(seen_minutes::text FROM 1 FOR 3),
+                        substring(up_minutes::text FROM 1 FOR 3),
+                        substring(up_minutes::text FROM 1439 FOR 2)
+                 FROM pos_uptime_daily"
+            )
+        )
+        .await,
+        vec![
+            "(pos-1,\"2026-11-23 00:00:00\",4,3,3,2,3,2,0.001388888888888889,110,100,01)",
+            "(pos-1,\"2026-11-24 00:00:00\",1,0,0,1,1,0,0,100,000,00)",
         ]
     );
     rollups_equal_recount(&db)
@@ -517,6 +612,14 @@ enum Spec {
         value: f64,
         secs: i64,
     },
+    Heartbeat {
+        store: usize,
+        terminal: usize,
+        app_up: bool,
+        printer: PrinterStatus,
+        network: NetworkStatus,
+        secs: i64,
+    },
 }
 
 /// Something re-sent later: a retry (same payload) or a conflicting reuse of the id.
@@ -575,7 +678,37 @@ fn spec() -> impl Strategy<Value = Spec> {
             }
         },
     );
-    prop_oneof![sale, reading]
+    // Heartbeats around two midnights (23:45–00:15), so minutes repeat and days split.
+    let hb_secs = (0i64..2, 0i64..1_800).prop_map(|(day, s)| 6_300 + day * 86_400 + s);
+    let printer = prop_oneof![
+        4 => Just(PrinterStatus::Ok),
+        1 => Just(PrinterStatus::PaperLow),
+        1 => Just(PrinterStatus::Offline),
+    ];
+    let network = prop_oneof![
+        4 => Just(NetworkStatus::Online),
+        1 => Just(NetworkStatus::Degraded),
+        1 => Just(NetworkStatus::Offline),
+    ];
+    let heartbeat = (
+        0..STORES.len(),
+        0usize..3,
+        proptest::bool::weighted(0.7),
+        printer,
+        network,
+        hb_secs,
+    )
+        .prop_map(
+            |(store, terminal, app_up, printer, network, secs)| Spec::Heartbeat {
+                store,
+                terminal,
+                app_up,
+                printer,
+                network,
+                secs,
+            },
+        );
+    prop_oneof![sale, reading, heartbeat]
 }
 
 fn workload() -> impl Strategy<Value = Workload> {
@@ -639,6 +772,23 @@ fn publish(w: &Workload) -> Vec<Logged> {
                     *value,
                 )
             }
+            Spec::Heartbeat {
+                store,
+                terminal,
+                app_up,
+                printer,
+                network,
+                secs,
+            } => {
+                let (tenant, s) = STORES[*store];
+                heartbeat_of(
+                    envelope(tenant, s, id, base + secs * 1_000_000 + 456),
+                    ["pos-1", "pos-2", "pos-3"][*terminal],
+                    *app_up,
+                    *printer,
+                    *network,
+                )
+            }
         }
     };
     let mut records: Vec<Published> = w
@@ -654,6 +804,7 @@ fn publish(w: &Workload) -> Vec<Logged> {
             match &mut again {
                 Published::Sale(s) => s.lines[0].unit_price_minor += 1,
                 Published::Reading(r) => r.value += 1.0,
+                Published::Heartbeat(h) => h.app_up = !h.app_up,
             }
         }
         let at = r.position % (records.len() + 1);
@@ -668,8 +819,9 @@ async fn run_case(db: &TestDb, w: &Workload) -> Result<(), TestCaseError> {
         .await
         .expect("client")
         .batch_execute(
-            "TRUNCATE sales, sale_lines, sensor_readings, event_id_conflicts, consumer_offsets,
-                      sales_hourly, sales_daily, sensor_stats_5m, sensor_stats_hourly",
+            "TRUNCATE sales, sale_lines, sensor_readings, pos_heartbeats, event_id_conflicts,
+                      consumer_offsets, sales_hourly, sales_daily, sensor_stats_5m,
+                      sensor_stats_hourly, pos_uptime_daily",
         )
         .await
         .expect("truncate");
@@ -704,11 +856,15 @@ async fn run_case(db: &TestDb, w: &Workload) -> Result<(), TestCaseError> {
     let counted = db
         .count(
             "SELECT (SELECT coalesce(sum(readings), 0) FROM sensor_stats_hourly)::bigint
+                  + (SELECT coalesce(sum(heartbeats), 0) FROM pos_uptime_daily)::bigint
                   + (SELECT count(*) FROM sale_lines)",
         )
         .await;
     let stored = db
-        .count("SELECT (SELECT count(*) FROM sensor_readings) + (SELECT count(*) FROM sale_lines)")
+        .count(
+            "SELECT (SELECT count(*) FROM sensor_readings) + (SELECT count(*) FROM pos_heartbeats)
+                  + (SELECT count(*) FROM sale_lines)",
+        )
         .await;
     prop_assert_eq!(counted, stored);
     prop_assert!(stored > 0);

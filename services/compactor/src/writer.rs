@@ -13,7 +13,7 @@
 //!   in `event_id_conflicts` with its coordinates.
 //!
 //! The analyst rollups (`sales_hourly`, `sales_daily`, `sensor_stats_5m`,
-//! `sensor_stats_hourly`) are maintained in the same transaction, by the statements
+//! `sensor_stats_hourly`, `pos_uptime_daily`) are maintained in the same transaction, by the statements
 //! that insert the raw rows: their increments come only from the rows those
 //! statements actually inserted (`RETURNING`), so a rollup always equals a recount
 //! of the raw tables (decision 0008).

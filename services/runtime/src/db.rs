@@ -43,6 +43,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "analyst_rollups",
         sql: include_str!("../migrations/0004_analyst_rollups.sql"),
     },
+    Migration {
+        version: 5,
+        name: "pos_uptime",
+        sql: include_str!("../migrations/0005_pos_uptime.sql"),
+    },
 ];
 
 /// Arbitrary constant naming the migration advisory lock.
