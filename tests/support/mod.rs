@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod recount;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::time::{Duration, Instant};
