@@ -769,3 +769,57 @@ fn every_rollup_equals_a_recount_of_the_raw_tables() {
         panic!("{e}");
     }
 }
+
+/// Writer throughput with the rollups, on a simulator-like mix (60% sensor readings,
+/// 25% heartbeats, 15% sales of 2 lines; 30 stores; 2 hours): `cargo test --test
+/// rollups writer_throughput -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a check"]
+async fn writer_throughput() {
+    let db = TestDb::start("rollbench").await;
+    let (mut w, codec) = writer(&db, "g");
+    let base = at("2026-11-23T08:00:00Z");
+    let (batches, size) = (15usize, 2_000usize);
+    let mut records = Vec::with_capacity(batches * size);
+    for i in 0..batches * size {
+        let store = format!("store-{:03}", i % 30);
+        let env = envelope(
+            "acme",
+            &store,
+            Uuid::from_u128(i as u128 + 1),
+            base + (i as i64 * 7_200_000_000 / (batches * size) as i64),
+        );
+        records.push(match i % 20 {
+            0..12 => reading_of(env, i % 3, -18.0 + (i % 7) as f64 * 0.37),
+            12..17 => heartbeat_of(
+                env,
+                ["pos-1", "pos-2", "pos-3"][i % 3],
+                i % 11 != 0,
+                PrinterStatus::Ok,
+                NetworkStatus::Online,
+            ),
+            _ => sale_tx(
+                env,
+                SaleKind::Sale,
+                "EUR",
+                &[(SKUS[i % 4], 1000, 129), (SKUS[(i + 1) % 4], 2500, 99)],
+            ),
+        });
+    }
+    let log = log_of(records);
+    let prepared: Vec<_> = log.chunks(size).map(|c| batch(&w, &codec, c)).collect();
+    // The first batch warms the statement cache.
+    let mut times = Vec::new();
+    for b in &prepared {
+        let started = std::time::Instant::now();
+        w.apply(b).await.expect("apply");
+        times.push(started.elapsed());
+    }
+    let steady: std::time::Duration = times[1..].iter().sum();
+    let per_batch = steady / (times.len() - 1) as u32;
+    eprintln!(
+        "{} batches of {size}: {per_batch:?} per batch after the first, {:.0} events/s",
+        times.len() - 1,
+        ((times.len() - 1) * size) as f64 / steady.as_secs_f64()
+    );
+}
