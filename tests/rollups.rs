@@ -770,6 +770,84 @@ fn every_rollup_equals_a_recount_of_the_raw_tables() {
     }
 }
 
+/// `n` events like the simulator's (60% sensor readings, 25% heartbeats, 15% two-line
+/// sales, refunds and voids; 30 stores; over 2 hours).
+fn mixed(n: usize) -> Vec<Published> {
+    let base = at("2026-11-23T08:00:00Z");
+    (0..n)
+        .map(|i| {
+            let store = format!("store-{:03}", i % 30);
+            let env = envelope(
+                "acme",
+                &store,
+                Uuid::from_u128(i as u128 + 1),
+                base + (i as i64 * 7_200_000_000 / n as i64),
+            );
+            let lines = [(SKUS[i % 4], 1000, 129), (SKUS[(i + 1) % 4], 2500, 99)];
+            match i % 20 {
+                0..12 => reading_of(env, i % 4, -18.0 + (i % 7) as f64 * 0.37),
+                12..17 => heartbeat_of(
+                    env,
+                    ["pos-1", "pos-2", "pos-3"][i % 3],
+                    i % 11 != 0,
+                    PrinterStatus::Ok,
+                    NetworkStatus::Online,
+                ),
+                17 => sale_tx(env, SaleKind::Sale, "EUR", &lines),
+                18 => sale_tx(env, SaleKind::Refund, "EUR", &lines[..1]),
+                _ => sale_tx(env, SaleKind::Void, "EUR", &lines[1..]),
+            }
+        })
+        .collect()
+}
+
+/// Upgrading a read store that holds raw rows (migrations 0004 and 0005 applied to it)
+/// backfills the rollups, equal to a recount; the compactor then carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrading_backfills_the_rollups_from_stored_rows() {
+    let db = TestDb::start("rollupgrade").await;
+    let (mut w, codec) = writer(&db, "g");
+    let log = log_of(mixed(1_200));
+    w.apply(&batch(&w, &codec, &log[..1_000]))
+        .await
+        .expect("apply");
+    // Back to the schema before the rollups, raw rows kept.
+    db.pool
+        .get()
+        .await
+        .expect("client")
+        .batch_execute(
+            "DROP TABLE sales_hourly, sales_daily, sensor_stats_5m, sensor_stats_hourly,
+                        sensor_limits, pos_uptime_daily;
+             DELETE FROM schema_migrations WHERE version >= 4",
+        )
+        .await
+        .expect("downgrade");
+    let applied = storepulse_runtime::db::migrate(&db.pool)
+        .await
+        .expect("upgrade");
+    assert_eq!(applied, vec![4, 5]);
+    for rollup in ["sales_daily", "sensor_stats_hourly", "pos_uptime_daily"] {
+        assert!(db.count(&format!("SELECT count(*) FROM {rollup}")).await > 0);
+    }
+    rollups_equal_recount(&db.pool)
+        .await
+        .expect("backfilled rollups equal a recount");
+    // A new writer (fresh statement cache) carries on from there.
+    let (mut w, codec) = writer(&db, "g");
+    w.apply(&batch(&w, &codec, &log[900..]))
+        .await
+        .expect("apply");
+    assert_eq!(
+        db.count("SELECT sum(readings)::bigint FROM sensor_stats_5m")
+            .await,
+        db.count("SELECT count(*) FROM sensor_readings").await
+    );
+    rollups_equal_recount(&db.pool)
+        .await
+        .expect("rollups equal a recount");
+}
+
 /// Writer throughput with the rollups, on a simulator-like mix (60% sensor readings,
 /// 25% heartbeats, 15% sales of 2 lines; 30 stores; 2 hours): `cargo test --test
 /// rollups writer_throughput -- --ignored --nocapture`.
@@ -778,34 +856,8 @@ fn every_rollup_equals_a_recount_of_the_raw_tables() {
 async fn writer_throughput() {
     let db = TestDb::start("rollbench").await;
     let (mut w, codec) = writer(&db, "g");
-    let base = at("2026-11-23T08:00:00Z");
     let (batches, size) = (15usize, 2_000usize);
-    let mut records = Vec::with_capacity(batches * size);
-    for i in 0..batches * size {
-        let store = format!("store-{:03}", i % 30);
-        let env = envelope(
-            "acme",
-            &store,
-            Uuid::from_u128(i as u128 + 1),
-            base + (i as i64 * 7_200_000_000 / (batches * size) as i64),
-        );
-        records.push(match i % 20 {
-            0..12 => reading_of(env, i % 3, -18.0 + (i % 7) as f64 * 0.37),
-            12..17 => heartbeat_of(
-                env,
-                ["pos-1", "pos-2", "pos-3"][i % 3],
-                i % 11 != 0,
-                PrinterStatus::Ok,
-                NetworkStatus::Online,
-            ),
-            _ => sale_tx(
-                env,
-                SaleKind::Sale,
-                "EUR",
-                &[(SKUS[i % 4], 1000, 129), (SKUS[(i + 1) % 4], 2500, 99)],
-            ),
-        });
-    }
+    let records = mixed(batches * size);
     let log = log_of(records);
     let prepared: Vec<_> = log.chunks(size).map(|c| batch(&w, &codec, c)).collect();
     // The first batch warms the statement cache.

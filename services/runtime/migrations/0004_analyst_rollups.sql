@@ -97,3 +97,62 @@ COMMENT ON TABLE sensor_stats_5m IS
 CREATE TABLE sensor_stats_hourly (LIKE sensor_stats_5m INCLUDING ALL);
 COMMENT ON TABLE sensor_stats_hourly IS
     'Sensor readings per tenant/store/device/kind per UTC hour of occurred_at; same columns and semantics as sensor_stats_5m.';
+
+-- Backfill from the raw rows stored before this migration (the same definitions as the
+-- compactor's increments). The raw tables are locked against writes until this
+-- migration commits, so the rollups start equal to a recount. Compactors of an earlier
+-- version must be stopped for the upgrade: rows they inserted after it would be missing
+-- from the rollups (the upgraded compactor applies the migration at start).
+LOCK TABLE sales, sale_lines, sensor_readings IN SHARE MODE;
+
+INSERT INTO sales_hourly (tenant_id, store_id, sku, currency, bucket,
+                          units_sold, units_refunded, units_voided,
+                          sold_minor, refunded_minor, voided_minor,
+                          transactions, refunds, voids)
+SELECT l.tenant_id, l.store_id, l.sku, s.currency, date_trunc('hour', l.occurred_at, 'UTC'),
+       coalesce(sum(l.quantity::numeric) FILTER (WHERE s.kind = 'sale'), 0),
+       coalesce(sum(l.quantity::numeric) FILTER (WHERE s.kind = 'refund'), 0),
+       coalesce(sum(l.quantity::numeric) FILTER (WHERE s.kind = 'void'), 0),
+       coalesce(sum(round(l.quantity::numeric * l.unit_price_minor)) FILTER (WHERE s.kind = 'sale'), 0),
+       coalesce(sum(round(l.quantity::numeric * l.unit_price_minor)) FILTER (WHERE s.kind = 'refund'), 0),
+       coalesce(sum(round(l.quantity::numeric * l.unit_price_minor)) FILTER (WHERE s.kind = 'void'), 0),
+       count(DISTINCT l.event_id) FILTER (WHERE s.kind = 'sale'),
+       count(DISTINCT l.event_id) FILTER (WHERE s.kind = 'refund'),
+       count(DISTINCT l.event_id) FILTER (WHERE s.kind = 'void')
+FROM sale_lines l
+JOIN sales s USING (tenant_id, store_id, event_id)
+GROUP BY 1, 2, 3, 4, 5;
+
+INSERT INTO sales_daily (tenant_id, store_id, sku, currency, bucket,
+                         units_sold, units_refunded, units_voided,
+                         sold_minor, refunded_minor, voided_minor,
+                         transactions, refunds, voids)
+SELECT tenant_id, store_id, sku, currency, date_trunc('day', bucket, 'UTC'),
+       sum(units_sold), sum(units_refunded), sum(units_voided),
+       sum(sold_minor), sum(refunded_minor), sum(voided_minor),
+       sum(transactions), sum(refunds), sum(voids)
+FROM sales_hourly
+GROUP BY 1, 2, 3, 4, 5;
+
+INSERT INTO sensor_stats_5m (tenant_id, store_id, device_id, kind, bucket,
+                             readings, value_min, value_max, value_sum, out_of_range)
+SELECT r.tenant_id, r.store_id, r.device_id, r.kind,
+       date_bin('5 minutes', r.occurred_at, timestamptz '2000-01-01 00:00:00+00'),
+       count(*), min(r.value), max(r.value), sum(r.value::numeric),
+       count(*) FILTER (WHERE r.value < l.low OR r.value > l.high)
+FROM sensor_readings r
+LEFT JOIN LATERAL (
+    SELECT l.low, l.high
+    FROM sensor_limits l
+    WHERE l.kind = r.kind AND l.appliance IN (r.appliance, '*')
+    ORDER BY l.appliance = '*'
+    LIMIT 1
+) l ON true
+GROUP BY 1, 2, 3, 4, 5;
+
+INSERT INTO sensor_stats_hourly (tenant_id, store_id, device_id, kind, bucket,
+                                 readings, value_min, value_max, value_sum, out_of_range)
+SELECT tenant_id, store_id, device_id, kind, date_trunc('hour', bucket, 'UTC'),
+       sum(readings), min(value_min), max(value_max), sum(value_sum), sum(out_of_range)
+FROM sensor_stats_5m
+GROUP BY 1, 2, 3, 4, 5;

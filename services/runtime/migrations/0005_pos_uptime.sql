@@ -35,3 +35,24 @@ CREATE TABLE pos_uptime_daily (
 CREATE INDEX pos_uptime_daily_bucket ON pos_uptime_daily (bucket);
 COMMENT ON TABLE pos_uptime_daily IS
     'POS terminal uptime per tenant/store/terminal per UTC day of occurred_at: heartbeat counts and per-minute masks (seen, app up); uptime_ratio = minutes with an app-up heartbeat / 1440. Maintained by the compactor in the rows'' transaction.';
+
+-- Backfill from the heartbeats stored before this migration (see 0004: compactors of an
+-- earlier version must be stopped for the upgrade).
+LOCK TABLE pos_heartbeats IN SHARE MODE;
+INSERT INTO pos_uptime_daily (tenant_id, store_id, terminal_id, bucket, heartbeats,
+                              heartbeats_app_up, heartbeats_printer_ok,
+                              heartbeats_network_online, seen_minutes, up_minutes)
+SELECT h.tenant_id, h.store_id, h.terminal_id, d.day,
+       count(*),
+       count(*) FILTER (WHERE h.app_up),
+       count(*) FILTER (WHERE h.printer = 'ok'),
+       count(*) FILTER (WHERE h.network = 'online'),
+       bit_or(m.minute),
+       coalesce(bit_or(m.minute) FILTER (WHERE h.app_up), repeat('0', 1440)::bit(1440))
+FROM pos_heartbeats h
+CROSS JOIN LATERAL (SELECT date_trunc('day', h.occurred_at, 'UTC') AS day) d
+CROSS JOIN LATERAL (
+    SELECT set_bit(repeat('0', 1440)::bit(1440),
+                   floor(extract(epoch FROM h.occurred_at - d.day) / 60)::int, 1) AS minute
+) m
+GROUP BY 1, 2, 3, 4;
