@@ -186,6 +186,16 @@ async fn a_record_postgres_refuses_is_isolated_and_the_rest_is_written() {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(stored, BTreeSet::from([ids[0], ids[2], ids[3]]));
+    // The refused record's transaction was rolled back with its rollup increments.
+    support::recount::rollups_equal_recount(&stack.pool)
+        .await
+        .expect("rollups equal a recount");
+    assert_eq!(
+        stack
+            .count("SELECT sum(transactions)::bigint FROM sales_daily")
+            .await,
+        3
+    );
     let row = client
         .query_one(
             "SELECT source_offset, reason, original, original_length FROM rejected_events WHERE source_topic = 'pos.sales.v1' AND source_offset = 1",

@@ -244,6 +244,16 @@ async fn ten_thousand_events_exactly_once_through_a_compactor_crash() {
         expected,
         "retries add no rows"
     );
+    // Through the crash and the retries, every analyst rollup equals a recount.
+    support::recount::rollups_equal_recount(&stack.pool)
+        .await
+        .expect("rollups equal a recount of the raw tables");
+    for rollup in ["sales_daily", "sensor_stats_5m", "pos_uptime_daily"] {
+        assert!(
+            stack.count(&format!("SELECT count(*) FROM {rollup}")).await > 0,
+            "{rollup} has rows"
+        );
+    }
     assert_eq!(
         stack.count("SELECT count(*) FROM rejected_events").await,
         invalid.len() as i64

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod recount;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -137,6 +139,48 @@ pub async fn start_compactor_with(
         shutdown.clone(),
     ));
     (url, handle)
+}
+
+/// A Postgres cluster with a migrated database and no broker, for tests that drive
+/// the writer directly.
+pub struct TestDb {
+    pub pg: LocalPostgres,
+    pub postgres: PostgresConfig,
+    pub pool: deadpool_postgres::Pool,
+    // Last: dropped after the server stopped.
+    pub dir: tempfile::TempDir,
+}
+
+impl TestDb {
+    pub async fn start(name: &str) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("storepulse-test-{name}-"))
+            .tempdir()
+            .expect("tempdir");
+        let pg = LocalPostgres::start(&dir.path().join("pg"), None).expect("start postgres");
+        let url = pg.create_database(name).await.expect("create database");
+        let postgres = PostgresConfig {
+            url,
+            ..PostgresConfig::default()
+        };
+        let pool = db::pool(&postgres).expect("pool");
+        db::migrate(&pool).await.expect("migrate");
+        Self {
+            pg,
+            postgres,
+            pool,
+            dir,
+        }
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        let client = self.pool.get().await.expect("pg client");
+        client
+            .query_one(sql, &[])
+            .await
+            .expect("count query")
+            .get(0)
+    }
 }
 
 /// Polls `probe` until it yields `Some`, failing the test after `within`.

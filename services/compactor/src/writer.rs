@@ -12,6 +12,12 @@
 //!   applied, counted (`storepulse_compactor_event_id_conflicts_total`) and recorded
 //!   in `event_id_conflicts` with its coordinates.
 //!
+//! The analyst rollups (`sales_hourly`, `sales_daily`, `sensor_stats_5m`,
+//! `sensor_stats_hourly`, `pos_uptime_daily`) are maintained in the same transaction, by the statements
+//! that insert the raw rows: their increments come only from the rows those
+//! statements actually inserted (`RETURNING`), so a rollup always equals a recount
+//! of the raw tables (decision 0008).
+//!
 //! A value Postgres refuses fails the batch with a data error, which the consumer
 //! loop treats as [`Failure::Poison`]: it splits the batch until the record at fault
 //! is alone and dead-letters it with the database's reason.
@@ -462,7 +468,8 @@ impl ReadStoreWriter {
         Ok(inserted)
     }
 
-    /// Inserts the lines of the sales that were inserted (never of a conflicting one).
+    /// Inserts the lines of the sales that were inserted (never of a conflicting one)
+    /// and adds them to `sales_hourly` and `sales_daily` in the same statement.
     async fn insert_lines(
         &self,
         tx: &Transaction<'_>,
@@ -477,6 +484,8 @@ impl ReadStoreWriter {
         let mut skus = Vec::new();
         let mut qty = Vec::new();
         let mut price = Vec::new();
+        let mut kinds = Vec::new();
+        let mut currencies = Vec::new();
         for row in sales.iter().filter(|r| inserted.contains(&r.key)) {
             let RawBody::Sale(s) = &row.at.item.body else {
                 continue;
@@ -490,6 +499,8 @@ impl ReadStoreWriter {
                 skus.push(line.sku.as_str());
                 qty.push(line.quantity);
                 price.push(line.unit_price_minor);
+                kinds.push(s.kind.as_str());
+                currencies.push(s.currency.as_str());
             }
         }
         if ids.is_empty() {
@@ -498,17 +509,27 @@ impl ReadStoreWriter {
         let stmt = tx
             .prepare_cached(include_str!("../sql/insert_sale_lines.sql"))
             .await?;
-        let n = tx
-            .execute(
+        let n: i64 = tx
+            .query_one(
                 &stmt,
                 &[
-                    &ids, &line_no, &tenants, &stores, &occurred, &skus, &qty, &price,
+                    &ids,
+                    &line_no,
+                    &tenants,
+                    &stores,
+                    &occurred,
+                    &skus,
+                    &qty,
+                    &price,
+                    &kinds,
+                    &currencies,
                 ],
             )
-            .await?;
+            .await?
+            .get(0);
         self.rows_written
             .with_label_values(&["sale_lines"])
-            .inc_by(n);
+            .inc_by(n.unsigned_abs());
         Ok(())
     }
 

@@ -38,6 +38,16 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "scoped_idempotency",
         sql: include_str!("../migrations/0003_scoped_idempotency.sql"),
     },
+    Migration {
+        version: 4,
+        name: "analyst_rollups",
+        sql: include_str!("../migrations/0004_analyst_rollups.sql"),
+    },
+    Migration {
+        version: 5,
+        name: "pos_uptime",
+        sql: include_str!("../migrations/0005_pos_uptime.sql"),
+    },
 ];
 
 /// Arbitrary constant naming the migration advisory lock.

@@ -1,0 +1,849 @@
+//! The analyst rollups on plain PostgreSQL, maintained by the compactor's writer in the
+//! rows' transaction: their documented semantics on a hand-computed example, a
+//! conflicting payload under a stored id changes nothing, and a property test over
+//! random workloads (several tenants and stores, sales/refunds/voids, retries,
+//! conflicting reuse of ids, out-of-order event times, random batch splits, batches
+//! re-read after a rewind) checks that every rollup equals a recount of the raw tables.
+
+mod support;
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use storepulse_compactor::writer::{RawEvent, ReadStoreWriter};
+use storepulse_runtime::AvroCodec;
+use storepulse_runtime::consumer::{Batch, BatchProcessor, ConsumedRecord, Positioned};
+use storepulse_runtime::records::*;
+use support::TestDb;
+use support::recount::{SALES_VALUES, SENSOR_VALUES, UPTIME_VALUES, rollups_equal_recount};
+use uuid::Uuid;
+
+fn at(s: &str) -> i64 {
+    DateTime::parse_from_rfc3339(s)
+        .expect("time")
+        .with_timezone(&Utc)
+        .timestamp_micros()
+}
+
+fn envelope(tenant: &str, store: &str, id: Uuid, occurred_at: i64) -> Envelope {
+    Envelope {
+        event_id: id.to_string(),
+        tenant_id: tenant.into(),
+        store_id: store.into(),
+        occurred_at,
+        received_at: occurred_at + 1_000_000,
+        source: "connector-test".into(),
+    }
+}
+
+fn sale_tx(env: Envelope, kind: SaleKind, currency: &str, lines: &[(&str, i64, i64)]) -> Published {
+    let lines: Vec<LineItem> = lines
+        .iter()
+        .map(|(sku, milli, price)| LineItem {
+            sku: (*sku).into(),
+            quantity: *milli as f64 / 1000.0,
+            unit_price_minor: *price,
+        })
+        .collect();
+    let total_minor = lines
+        .iter()
+        .map(|l| (l.quantity * l.unit_price_minor as f64).round() as i64)
+        .sum();
+    Published::Sale(SaleTransaction {
+        transaction_id: format!("t-{}", env.event_id),
+        envelope: env,
+        kind,
+        terminal_id: "pos-1".into(),
+        currency: currency.into(),
+        lines,
+        total_minor,
+        original_transaction_id: None,
+    })
+}
+
+fn reading_of(env: Envelope, device: usize, value: f64) -> Published {
+    let (id, kind, unit, appliance) = DEVICES[device];
+    Published::Reading(SensorReading {
+        envelope: env,
+        device_id: id.into(),
+        kind,
+        value,
+        unit,
+        appliance: appliance.map(str::to_string),
+    })
+}
+
+const DEVICES: [(&str, SensorKind, SensorUnit, Option<&str>); 5] = [
+    (
+        "fridge-1",
+        SensorKind::Temperature,
+        SensorUnit::Celsius,
+        Some("fridge"),
+    ),
+    (
+        "freezer-1",
+        SensorKind::Temperature,
+        SensorUnit::Celsius,
+        Some("freezer"),
+    ),
+    (
+        "door-1",
+        SensorKind::Door,
+        SensorUnit::OpenClosed,
+        Some("entrance"),
+    ),
+    ("power-1", SensorKind::Power, SensorUnit::OnOff, None),
+    ("hum-1", SensorKind::Humidity, SensorUnit::Percent, None),
+];
+
+fn heartbeat_of(
+    env: Envelope,
+    terminal: &str,
+    app_up: bool,
+    printer: PrinterStatus,
+    network: NetworkStatus,
+) -> Published {
+    Published::Heartbeat(PosHeartbeat {
+        envelope: env,
+        terminal_id: terminal.into(),
+        app_up,
+        printer,
+        network,
+        software_version: None,
+    })
+}
+
+/// A record as published to the log.
+#[derive(Debug, Clone)]
+enum Published {
+    Sale(SaleTransaction),
+    Reading(SensorReading),
+    Heartbeat(PosHeartbeat),
+}
+
+impl Published {
+    fn envelope(&self) -> &Envelope {
+        match self {
+            Published::Sale(s) => &s.envelope,
+            Published::Reading(r) => &r.envelope,
+            Published::Heartbeat(h) => &h.envelope,
+        }
+    }
+    fn envelope_mut(&mut self) -> &mut Envelope {
+        match self {
+            Published::Sale(s) => &mut s.envelope,
+            Published::Reading(r) => &mut r.envelope,
+            Published::Heartbeat(h) => &mut h.envelope,
+        }
+    }
+    fn topic(&self) -> &'static str {
+        match self {
+            Published::Sale(_) => topic::SALES,
+            Published::Reading(_) => topic::SENSOR_READINGS,
+            Published::Heartbeat(_) => topic::DEVICE,
+        }
+    }
+    fn encode(&self, codec: &AvroCodec) -> Vec<u8> {
+        match self {
+            Published::Sale(s) => codec.encode(s),
+            Published::Reading(r) => codec.encode(r),
+            Published::Heartbeat(h) => codec.encode(h),
+        }
+        .expect("encode")
+    }
+}
+
+/// One record at its place in the log.
+#[derive(Debug, Clone)]
+struct Logged {
+    topic: &'static str,
+    partition: i32,
+    offset: i64,
+    record: Published,
+}
+
+/// Appends records to per-partition logs (partition = the store's, as the
+/// `tenant/store` key does), giving each its next offset.
+fn log_of(records: Vec<Published>) -> Vec<Logged> {
+    let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
+    records
+        .into_iter()
+        .map(|record| {
+            let e = record.envelope();
+            let partition = i32::from(e.store_id.ends_with('2') || e.tenant_id == "beta");
+            let topic = record.topic();
+            let n = next.entry((topic, partition)).or_insert(0);
+            let offset = *n;
+            *n += 1;
+            Logged {
+                topic,
+                partition,
+                offset,
+                record,
+            }
+        })
+        .collect()
+}
+
+/// The batch the consumer would hand the writer for `records`.
+fn batch(writer: &ReadStoreWriter, codec: &AvroCodec, records: &[Logged]) -> Batch<RawEvent> {
+    let mut b = Batch {
+        items: Vec::new(),
+        next_offsets: BTreeMap::new(),
+    };
+    for l in records {
+        let consumed = ConsumedRecord {
+            topic: l.topic.into(),
+            partition: l.partition,
+            offset: l.offset,
+            key: None,
+            payload: l.record.encode(codec),
+        };
+        b.items.push(Positioned {
+            topic: l.topic.into(),
+            partition: l.partition,
+            offset: l.offset,
+            item: writer.decode(&consumed).expect("decodes"),
+        });
+        let next = b
+            .next_offsets
+            .entry((l.topic.to_string(), l.partition))
+            .or_insert(0);
+        *next = (*next).max(l.offset + 1);
+    }
+    b
+}
+
+fn writer(db: &TestDb, group: &str) -> (ReadStoreWriter, AvroCodec) {
+    let codec = AvroCodec::new();
+    let w = ReadStoreWriter::new(
+        db.pool.clone(),
+        codec.clone(),
+        group.into(),
+        &prometheus::Registry::new(),
+    )
+    .expect("writer");
+    (w, codec)
+}
+
+async fn rows(db: &TestDb, sql: &str) -> Vec<String> {
+    let client = db.pool.get().await.expect("client");
+    client
+        .query(&format!("SELECT t::text FROM ({sql}) t ORDER BY 1"), &[])
+        .await
+        .expect("query")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// The documented semantics on numbers worked out by hand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollups_follow_their_documented_semantics() {
+    let db = TestDb::start("rollsem").await;
+    let (mut w, codec) = writer(&db, "g");
+    let id = |n: u128| Uuid::from_u128(n);
+    let env = |n: u128, t: &str| envelope("acme", "s-1", id(n), at(t));
+    let records = vec![
+        // 2 × milk at 1.29 and 1 × bread at 2.50 in one sale; milk again in another.
+        sale_tx(
+            env(1, "2026-11-23T10:05:00Z"),
+            SaleKind::Sale,
+            "EUR",
+            &[
+                ("milk", 2000, 129),
+                ("bread", 1000, 250),
+                ("milk", 1000, 129),
+            ],
+        ),
+        sale_tx(
+            env(2, "2026-11-23T10:59:59.999Z"),
+            SaleKind::Sale,
+            "EUR",
+            &[("milk", 1500, 129)], // 193.5 → 194 (half away from zero)
+        ),
+        // Refund of half a milk (64.5 → 65) and a void of one milk, the next hour.
+        sale_tx(
+            env(3, "2026-11-23T11:00:00Z"),
+            SaleKind::Refund,
+            "EUR",
+            &[("milk", 500, 129)],
+        ),
+        sale_tx(
+            env(4, "2026-11-23T11:30:00Z"),
+            SaleKind::Void,
+            "EUR",
+            &[("milk", 1000, 129)],
+        ),
+        // Freezer limits are [-30, -15]: -10 is out of range.
+        reading_of(env(5, "2026-11-23T10:01:00Z"), 1, -18.0),
+        reading_of(env(6, "2026-11-23T10:04:59Z"), 1, -10.0),
+        reading_of(env(7, "2026-11-23T10:05:00Z"), 1, -20.5),
+        // Power has limits [1, 1]: off is out of range; humidity has none.
+        reading_of(env(8, "2026-11-23T10:06:00Z"), 3, 0.0),
+        reading_of(env(9, "2026-11-23T10:07:00Z"), 4, 99.0),
+        // pos-1: up in minute 0 (twice), down in minute 1, up at 23:59:59.5; the next
+        // day's first heartbeat is in its own day.
+        heartbeat_of(
+            env(10, "2026-11-23T00:00:00Z"),
+            "pos-1",
+            true,
+            PrinterStatus::Ok,
+            NetworkStatus::Online,
+        ),
+        heartbeat_of(
+            env(11, "2026-11-23T00:00:30Z"),
+            "pos-1",
+            true,
+            PrinterStatus::PaperLow,
+            NetworkStatus::Online,
+        ),
+        heartbeat_of(
+            env(12, "2026-11-23T00:01:00Z"),
+            "pos-1",
+            false,
+            PrinterStatus::Ok,
+            NetworkStatus::Offline,
+        ),
+        heartbeat_of(
+            env(13, "2026-11-23T23:59:59.5Z"),
+            "pos-1",
+            true,
+            PrinterStatus::Ok,
+            NetworkStatus::Degraded,
+        ),
+        heartbeat_of(
+            env(14, "2026-11-24T00:00:00Z"),
+            "pos-1",
+            false,
+            PrinterStatus::Error,
+            NetworkStatus::Online,
+        ),
+    ];
+    let log = log_of(records);
+    w.apply(&batch(&w, &codec, &log[..5])).await.expect("apply");
+    w.apply(&batch(&w, &codec, &log[5..])).await.expect("apply");
+
+    assert_eq!(
+        rows(
+            &db,
+            &format!("SELECT sku, bucket AT TIME ZONE 'UTC', {SALES_VALUES} FROM sales_hourly")
+        )
+        .await,
+        vec![
+            "(bread,\"2026-11-23 10:00:00\",1,0,0,250,0,0,1,0,0,1,250)",
+            "(milk,\"2026-11-23 10:00:00\",4.5,0,0,581,0,0,2,0,0,4.5,581)",
+            "(milk,\"2026-11-23 11:00:00\",0,0.5,1,0,65,129,0,1,1,-1.5,-194)",
+        ]
+    );
+    assert_eq!(
+        rows(
+            &db,
+            &format!("SELECT sku, bucket AT TIME ZONE 'UTC', {SALES_VALUES} FROM sales_daily")
+        )
+        .await,
+        vec![
+            "(bread,\"2026-11-23 00:00:00\",1,0,0,250,0,0,1,0,0,1,250)",
+            "(milk,\"2026-11-23 00:00:00\",4.5,0.5,1,581,65,129,2,1,1,3.0,387)",
+        ]
+    );
+    assert_eq!(
+        rows(
+            &db,
+            &format!(
+                "SELECT device_id, bucket AT TIME ZONE 'UTC', {SENSOR_VALUES} FROM sensor_stats_5m"
+            )
+        )
+        .await,
+        vec![
+            "(freezer-1,\"2026-11-23 10:00:00\",2,-18,-10,-28,1,-14)",
+            "(freezer-1,\"2026-11-23 10:05:00\",1,-20.5,-20.5,-20.5,0,-20.5)",
+            "(hum-1,\"2026-11-23 10:05:00\",1,99,99,99,0,99)",
+            "(power-1,\"2026-11-23 10:05:00\",1,0,0,0,1,0)",
+        ]
+    );
+    assert_eq!(
+        rows(
+            &db,
+            &format!(
+                "SELECT device_id, bucket AT TIME ZONE 'UTC', {SENSOR_VALUES} FROM sensor_stats_hourly"
+            )
+        )
+        .await,
+        vec![
+            "(freezer-1,\"2026-11-23 10:00:00\",3,-20.5,-10,-48.5,1,-16.166666666666668)",
+            "(hum-1,\"2026-11-23 10:00:00\",1,99,99,99,0,99)",
+            "(power-1,\"2026-11-23 10:00:00\",1,0,0,0,1,0)",
+        ]
+    );
+    assert_eq!(
+        rows(
+            &db,
+            &format!(
+                "SELECT terminal_id, bucket AT TIME ZONE 'UTC', {UPTIME_VALUES},
+                        substring(seen_minutes::text FROM 1 FOR 3),
+                        substring(up_minutes::text FROM 1 FOR 3),
+                        substring(up_minutes::text FROM 1439 FOR 2)
+                 FROM pos_uptime_daily"
+            )
+        )
+        .await,
+        vec![
+            "(pos-1,\"2026-11-23 00:00:00\",4,3,3,2,3,2,0.001388888888888889,110,100,01)",
+            "(pos-1,\"2026-11-24 00:00:00\",1,0,0,1,1,0,0,100,000,00)",
+        ]
+    );
+    rollups_equal_recount(&db.pool)
+        .await
+        .expect("equal to a recount");
+}
+
+/// A record reusing a stored id with another payload is recorded, not applied: the
+/// rollups do not move, in a later batch or in the same batch as the original.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conflicting_payload_under_a_stored_id_does_not_change_the_rollups() {
+    let db = TestDb::start("rollconflict").await;
+    let (mut w, codec) = writer(&db, "g");
+    let t = at("2026-11-23T10:00:00Z");
+    let sale = sale_tx(
+        envelope("acme", "s-1", Uuid::from_u128(1), t),
+        SaleKind::Sale,
+        "EUR",
+        &[("milk", 1000, 129)],
+    );
+    let reading = reading_of(envelope("acme", "s-1", Uuid::from_u128(1), t), 1, -18.0);
+    let conflicting_sale = sale_tx(
+        envelope("acme", "s-1", Uuid::from_u128(1), t),
+        SaleKind::Sale,
+        "EUR",
+        &[("milk", 5000, 129)],
+    );
+    let conflicting_reading = reading_of(envelope("acme", "s-1", Uuid::from_u128(1), t), 1, 30.0);
+    let mut retried = reading.clone();
+    retried.envelope_mut().received_at += 5_000_000;
+    let log = log_of(vec![
+        sale,
+        reading,
+        conflicting_sale.clone(),    // same batch as the original
+        conflicting_reading.clone(), // same batch as the original
+        retried,                     // a later batch: a retry, no conflict
+        conflicting_sale,            // a later batch
+        conflicting_reading,         // a later batch
+    ]);
+    w.apply(&batch(&w, &codec, &log[..4])).await.expect("apply");
+    let all = "SELECT * FROM sales_hourly UNION ALL SELECT * FROM sales_daily";
+    let sensors = "SELECT * FROM sensor_stats_5m UNION ALL SELECT * FROM sensor_stats_hourly";
+    let (sales_before, sensors_before) = (rows(&db, all).await, rows(&db, sensors).await);
+    assert_eq!(sales_before.len(), 2);
+    assert!(
+        sales_before.iter().all(|r| r.contains(",1,0,0,129,")),
+        "{sales_before:?}"
+    );
+    assert_eq!(sensors_before.len(), 2);
+    assert!(
+        sensors_before
+            .iter()
+            .all(|r| r.contains(",1,-18,-18,-18,0,")),
+        "{sensors_before:?}"
+    );
+
+    w.apply(&batch(&w, &codec, &log[4..])).await.expect("apply");
+    assert_eq!(rows(&db, all).await, sales_before);
+    assert_eq!(rows(&db, sensors).await, sensors_before);
+    assert_eq!(db.count("SELECT count(*) FROM event_id_conflicts").await, 4);
+    rollups_equal_recount(&db.pool)
+        .await
+        .expect("equal to a recount");
+}
+
+// ---- the property test -------------------------------------------------------------
+
+const STORES: [(&str, &str); 4] = [
+    ("acme", "s-1"),
+    ("acme", "s-2"),
+    ("beta", "s-1"),
+    ("beta", "s-9"),
+];
+const SKUS: [&str; 4] = ["milk", "bread", "eggs", "cheese"];
+
+/// An event of the workload before it is given an id.
+#[derive(Debug, Clone)]
+enum Spec {
+    Sale {
+        store: usize,
+        kind: SaleKind,
+        usd: bool,
+        lines: Vec<(usize, i64, i64)>,
+        secs: i64,
+    },
+    Reading {
+        store: usize,
+        device: usize,
+        value: f64,
+        secs: i64,
+    },
+    Heartbeat {
+        store: usize,
+        terminal: usize,
+        app_up: bool,
+        printer: PrinterStatus,
+        network: NetworkStatus,
+        secs: i64,
+    },
+}
+
+/// Something re-sent later: a retry (same payload) or a conflicting reuse of the id.
+#[derive(Debug, Clone)]
+struct Resend {
+    of: usize,
+    conflicting: bool,
+    position: usize,
+}
+
+#[derive(Debug, Clone)]
+struct Workload {
+    events: Vec<Spec>,
+    resends: Vec<Resend>,
+    /// Batch sizes and how far the consumer rewinds after each (a crash before the
+    /// Kafka commit, a rebalance): 0 mostly, sometimes the whole batch or more.
+    plan: Vec<(usize, usize)>,
+}
+
+fn spec() -> impl Strategy<Value = Spec> {
+    // Event times over ~50 hours from 22:00 UTC, so hours and days are crossed; the
+    // log order is unrelated to them (out of order).
+    let secs = 0i64..180_000;
+    let kind = prop_oneof![
+        6 => Just(SaleKind::Sale),
+        2 => Just(SaleKind::Refund),
+        1 => Just(SaleKind::Void),
+    ];
+    let line = (0..SKUS.len(), 1i64..5_000, 0i64..1_000);
+    let sale = (
+        0..STORES.len(),
+        kind,
+        proptest::bool::weighted(0.15),
+        proptest::collection::vec(line, 1..4),
+        secs.clone(),
+    )
+        .prop_map(|(store, kind, usd, lines, secs)| Spec::Sale {
+            store,
+            kind,
+            usd,
+            lines,
+            secs,
+        });
+    let reading = (0..STORES.len(), 0..DEVICES.len(), -40.0f64..15.0, secs).prop_map(
+        |(store, device, value, secs)| {
+            let value = match DEVICES[device].1 {
+                SensorKind::Door | SensorKind::Power => f64::from(u8::from(value > -12.0)),
+                SensorKind::Humidity => value.abs() * 2.0,
+                SensorKind::Temperature => value,
+            };
+            Spec::Reading {
+                store,
+                device,
+                value,
+                secs,
+            }
+        },
+    );
+    // Heartbeats around two midnights (23:45–00:15), so minutes repeat and days split.
+    let hb_secs = (0i64..2, 0i64..1_800).prop_map(|(day, s)| 6_300 + day * 86_400 + s);
+    let printer = prop_oneof![
+        4 => Just(PrinterStatus::Ok),
+        1 => Just(PrinterStatus::PaperLow),
+        1 => Just(PrinterStatus::Offline),
+    ];
+    let network = prop_oneof![
+        4 => Just(NetworkStatus::Online),
+        1 => Just(NetworkStatus::Degraded),
+        1 => Just(NetworkStatus::Offline),
+    ];
+    let heartbeat = (
+        0..STORES.len(),
+        0usize..3,
+        proptest::bool::weighted(0.7),
+        printer,
+        network,
+        hb_secs,
+    )
+        .prop_map(
+            |(store, terminal, app_up, printer, network, secs)| Spec::Heartbeat {
+                store,
+                terminal,
+                app_up,
+                printer,
+                network,
+                secs,
+            },
+        );
+    prop_oneof![sale, reading, heartbeat]
+}
+
+fn workload() -> impl Strategy<Value = Workload> {
+    let resend = (
+        any::<usize>(),
+        proptest::bool::weighted(0.4),
+        any::<usize>(),
+    )
+        .prop_map(|(of, conflicting, position)| Resend {
+            of,
+            conflicting,
+            position,
+        });
+    let rewind = prop_oneof![6 => Just(0usize), 1 => 1usize..6, 1 => Just(usize::MAX)];
+    (
+        proptest::collection::vec(spec(), 1..60),
+        proptest::collection::vec(resend, 0..15),
+        proptest::collection::vec((1usize..16, rewind), 1..12),
+    )
+        .prop_map(|(events, resends, plan)| Workload {
+            events,
+            resends,
+            plan,
+        })
+}
+
+/// The log a workload publishes: each event once (ids shared by pairs of events,
+/// so the same id occurs in other stores and relations, and as conflicts in the same
+/// store), plus the re-sends at their positions.
+fn publish(w: &Workload) -> Vec<Logged> {
+    let base = at("2026-11-22T22:00:00Z");
+    let record = |i: usize, spec: &Spec| {
+        let id = Uuid::from_u128((i / 2 + 1) as u128);
+        match spec {
+            Spec::Sale {
+                store,
+                kind,
+                usd,
+                lines,
+                secs,
+            } => {
+                let (tenant, s) = STORES[*store];
+                let lines: Vec<(&str, i64, i64)> = lines
+                    .iter()
+                    .map(|(sku, milli, price)| (SKUS[*sku], *milli, *price))
+                    .collect();
+                let currency = if *usd { "USD" } else { "EUR" };
+                let env = envelope(tenant, s, id, base + secs * 1_000_000 + 123);
+                sale_tx(env, *kind, currency, &lines)
+            }
+            Spec::Reading {
+                store,
+                device,
+                value,
+                secs,
+            } => {
+                let (tenant, s) = STORES[*store];
+                reading_of(
+                    envelope(tenant, s, id, base + secs * 1_000_000),
+                    *device,
+                    *value,
+                )
+            }
+            Spec::Heartbeat {
+                store,
+                terminal,
+                app_up,
+                printer,
+                network,
+                secs,
+            } => {
+                let (tenant, s) = STORES[*store];
+                heartbeat_of(
+                    envelope(tenant, s, id, base + secs * 1_000_000 + 456),
+                    ["pos-1", "pos-2", "pos-3"][*terminal],
+                    *app_up,
+                    *printer,
+                    *network,
+                )
+            }
+        }
+    };
+    let mut records: Vec<Published> = w
+        .events
+        .iter()
+        .enumerate()
+        .map(|(i, s)| record(i, s))
+        .collect();
+    for r in &w.resends {
+        let mut again = records[r.of % w.events.len()].clone();
+        again.envelope_mut().received_at += 7_000_000;
+        if r.conflicting {
+            match &mut again {
+                Published::Sale(s) => s.lines[0].unit_price_minor += 1,
+                Published::Reading(r) => r.value += 1.0,
+                Published::Heartbeat(h) => h.app_up = !h.app_up,
+            }
+        }
+        let at = r.position % (records.len() + 1);
+        records.insert(at, again);
+    }
+    log_of(records)
+}
+
+async fn run_case(db: &TestDb, w: &Workload) -> Result<(), TestCaseError> {
+    db.pool
+        .get()
+        .await
+        .expect("client")
+        .batch_execute(
+            "TRUNCATE sales, sale_lines, sensor_readings, pos_heartbeats, event_id_conflicts,
+                      consumer_offsets, sales_hourly, sales_daily, sensor_stats_5m,
+                      sensor_stats_hourly, pos_uptime_daily",
+        )
+        .await
+        .expect("truncate");
+    let (mut writer, codec) = writer(db, "g");
+    let log = publish(w);
+    let (mut cursor, mut rewinds, mut step) = (0usize, 0, 0usize);
+    while cursor < log.len() {
+        let (len, rewind) = w.plan[step % w.plan.len()];
+        step += 1;
+        let end = (cursor + len).min(log.len());
+        writer
+            .apply(&batch(&writer, &codec, &log[cursor..end]))
+            .await
+            .map_err(|e| TestCaseError::fail(format!("apply: {e}")))?;
+        // Re-read from an earlier position: the same batch again (usize::MAX), or
+        // from a few records back, overlapping what was applied.
+        let back = if rewind == usize::MAX {
+            end - cursor
+        } else {
+            rewind
+        };
+        cursor = end;
+        if back > 0 && rewinds < 4 {
+            rewinds += 1;
+            cursor = cursor.saturating_sub(back);
+        }
+    }
+    rollups_equal_recount(&db.pool)
+        .await
+        .map_err(TestCaseError::fail)?;
+    // The workload did reach the rollups.
+    let counted = db
+        .count(
+            "SELECT (SELECT coalesce(sum(readings), 0) FROM sensor_stats_hourly)::bigint
+                  + (SELECT coalesce(sum(heartbeats), 0) FROM pos_uptime_daily)::bigint
+                  + (SELECT count(*) FROM sale_lines)",
+        )
+        .await;
+    let stored = db
+        .count(
+            "SELECT (SELECT count(*) FROM sensor_readings) + (SELECT count(*) FROM pos_heartbeats)
+                  + (SELECT count(*) FROM sale_lines)",
+        )
+        .await;
+    prop_assert_eq!(counted, stored);
+    prop_assert!(stored > 0);
+    Ok(())
+}
+
+/// Random workloads: every rollup equals a recount from the raw tables.
+#[test]
+fn every_rollup_equals_a_recount_of_the_raw_tables() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let db = rt.block_on(TestDb::start("rollprop"));
+    let cases: u32 = std::env::var("ROLLUP_CASES")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(64);
+    let mut runner = TestRunner::new(Config {
+        cases,
+        max_shrink_iters: 200,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let started = std::time::Instant::now();
+    let result = runner.run(&workload(), |w| rt.block_on(run_case(&db, &w)));
+    eprintln!("{cases} workloads in {:?}", started.elapsed());
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
+
+/// `n` events like the simulator's (60% sensor readings, 25% heartbeats, 15% two-line
+/// sales, refunds and voids; 30 stores; over 2 hours).
+fn mixed(n: usize) -> Vec<Published> {
+    let base = at("2026-11-23T08:00:00Z");
+    (0..n)
+        .map(|i| {
+            let store = format!("store-{:03}", i % 30);
+            let env = envelope(
+                "acme",
+                &store,
+                Uuid::from_u128(i as u128 + 1),
+                base + (i as i64 * 7_200_000_000 / n as i64),
+            );
+            let lines = [(SKUS[i % 4], 1000, 129), (SKUS[(i + 1) % 4], 2500, 99)];
+            match i % 20 {
+                0..12 => reading_of(env, i % 4, -18.0 + (i % 7) as f64 * 0.37),
+                12..17 => heartbeat_of(
+                    env,
+                    ["pos-1", "pos-2", "pos-3"][i % 3],
+                    i % 11 != 0,
+                    PrinterStatus::Ok,
+                    NetworkStatus::Online,
+                ),
+                17 => sale_tx(env, SaleKind::Sale, "EUR", &lines),
+                18 => sale_tx(env, SaleKind::Refund, "EUR", &lines[..1]),
+                _ => sale_tx(env, SaleKind::Void, "EUR", &lines[1..]),
+            }
+        })
+        .collect()
+}
+
+/// Upgrading a read store that holds raw rows (migrations 0004 and 0005 applied to it)
+/// backfills the rollups, equal to a recount; the compactor then carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrading_backfills_the_rollups_from_stored_rows() {
+    let db = TestDb::start("rollupgrade").await;
+    let (mut w, codec) = writer(&db, "g");
+    let log = log_of(mixed(1_200));
+    w.apply(&batch(&w, &codec, &log[..1_000]))
+        .await
+        .expect("apply");
+    // Back to the schema before the rollups, raw rows kept.
+    db.pool
+        .get()
+        .await
+        .expect("client")
+        .batch_execute(
+            "DROP TABLE sales_hourly, sales_daily, sensor_stats_5m, sensor_stats_hourly,
+                        sensor_limits, pos_uptime_daily;
+             DELETE FROM schema_migrations WHERE version >= 4",
+        )
+        .await
+        .expect("downgrade");
+    let applied = storepulse_runtime::db::migrate(&db.pool)
+        .await
+        .expect("upgrade");
+    assert_eq!(applied, vec![4, 5]);
+    for rollup in ["sales_daily", "sensor_stats_hourly", "pos_uptime_daily"] {
+        assert!(db.count(&format!("SELECT count(*) FROM {rollup}")).await > 0);
+    }
+    rollups_equal_recount(&db.pool)
+        .await
+        .expect("backfilled rollups equal a recount");
+    // A new writer (fresh statement cache) carries on from there.
+    let (mut w, codec) = writer(&db, "g");
+    w.apply(&batch(&w, &codec, &log[900..]))
+        .await
+        .expect("apply");
+    assert_eq!(
+        db.count("SELECT sum(readings)::bigint FROM sensor_stats_5m")
+            .await,
+        db.count("SELECT count(*) FROM sensor_readings").await
+    );
+    rollups_equal_recount(&db.pool)
+        .await
+        .expect("rollups equal a recount");
+}
