@@ -965,3 +965,32 @@ async fn a_schema_that_never_appears_is_dead_lettered_after_the_hold() {
     .await;
     stop(shutdown, handle).await;
 }
+
+/// A conflicting payload and a genuine retry of a stored event in one batch: only
+/// the conflicting one is a conflict, whatever their order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_behind_a_conflict_in_one_batch_is_a_retry() {
+    let stack = TestStack::start("conflictorder").await;
+    let (mut w, codec) = writer(&stack, "g-order").await;
+    let e = reading("acme", "s-1", Uuid::new_v4(), 1.0);
+    w.apply(&batch_of(&w, &codec, &[(0, &e)]))
+        .await
+        .expect("apply");
+    let mut other = e.clone();
+    other.value = 5.0;
+    let mut retry = e.clone();
+    retry.envelope.received_at += 1_000_000;
+    w.apply(&batch_of(&w, &codec, &[(1, &other), (2, &retry)]))
+        .await
+        .expect("apply");
+    let client = stack.pool.get().await.expect("client");
+    let offsets: Vec<i64> = client
+        .query("SELECT \"offset\" FROM event_id_conflicts ORDER BY 1", &[])
+        .await
+        .expect("conflicts")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(offsets, vec![1], "only the other payload conflicts");
+    assert_eq!(stack.count("SELECT count(*) FROM sensor_readings").await, 1);
+}

@@ -38,8 +38,8 @@ fn envelope(tenant: &str, store: &str, id: Uuid, occurred_at: i64) -> Envelope {
     }
 }
 
-fn sale_tx(env: Envelope, kind: SaleKind, currency: &str, lines: &[(&str, i64, i64)]) -> Published {
-    let lines: Vec<LineItem> = lines
+fn sale_tx(env: Envelope, kind: SaleKind, currency: &str, spec: &[(&str, i64, i64)]) -> Published {
+    let lines: Vec<LineItem> = spec
         .iter()
         .map(|(sku, milli, price)| LineItem {
             sku: (*sku).into(),
@@ -47,10 +47,9 @@ fn sale_tx(env: Envelope, kind: SaleKind, currency: &str, lines: &[(&str, i64, i
             unit_price_minor: *price,
         })
         .collect();
-    let total_minor = lines
-        .iter()
-        .map(|l| (l.quantity * l.unit_price_minor as f64).round() as i64)
-        .sum();
+    // As ingest computes it (the topic contract checks it): in integers, rounded once.
+    let amounts: Vec<(i64, i64)> = spec.iter().map(|(_, m, p)| (*m, *p)).collect();
+    let total_minor = storepulse_runtime::contract::total_minor(&amounts).expect("fits");
     Published::Sale(SaleTransaction {
         transaction_id: format!("t-{}", env.event_id),
         envelope: env,
@@ -63,8 +62,15 @@ fn sale_tx(env: Envelope, kind: SaleKind, currency: &str, lines: &[(&str, i64, i
     })
 }
 
+/// A reading of `DEVICES[device]`; `value` is taken into the kind's valid range (door
+/// and power: 1 above 0.5, else 0), as the topic contract requires.
 fn reading_of(env: Envelope, device: usize, value: f64) -> Published {
     let (id, kind, unit, appliance) = DEVICES[device];
+    let value = match kind {
+        SensorKind::Door | SensorKind::Power => f64::from(u8::from(value > 0.5)),
+        SensorKind::Humidity => value.clamp(0.0, 100.0),
+        SensorKind::Temperature => value,
+    };
     Published::Reading(SensorReading {
         envelope: env,
         device_id: id.into(),
@@ -674,8 +680,22 @@ fn publish(w: &Workload) -> Vec<Logged> {
         again.envelope_mut().received_at += 7_000_000;
         if r.conflicting {
             match &mut again {
-                Published::Sale(s) => s.lines[0].unit_price_minor += 1,
-                Published::Reading(r) => r.value += 1.0,
+                Published::Sale(s) => {
+                    s.lines[0].unit_price_minor += 1;
+                    let amounts: Vec<(i64, i64)> = s
+                        .lines
+                        .iter()
+                        .map(|l| ((l.quantity * 1000.0).round() as i64, l.unit_price_minor))
+                        .collect();
+                    s.total_minor =
+                        storepulse_runtime::contract::total_minor(&amounts).expect("fits");
+                }
+                // Another valid value of the same kind.
+                Published::Reading(r) => match r.kind {
+                    SensorKind::Door | SensorKind::Power => r.value = 1.0 - r.value,
+                    SensorKind::Humidity => r.value = 100.0 - r.value,
+                    SensorKind::Temperature => r.value += 1.0,
+                },
                 Published::Heartbeat(h) => h.app_up = !h.app_up,
             }
         }

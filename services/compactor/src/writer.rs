@@ -411,6 +411,7 @@ impl ReadStoreWriter {
         relation: Relation,
         rows: &[Row<'_>],
         conflicts: &mut Vec<Conflict>,
+        standing: &mut HashMap<(Relation, EventKey), Option<Vec<u8>>>,
     ) -> Result<HashSet<EventKey>, WriteError> {
         let params = insert_params(relation, rows);
         let stmt = tx.prepare_cached(relation.insert_sql()).await?;
@@ -423,6 +424,12 @@ impl ReadStoreWriter {
         self.rows_written
             .with_label_values(&[relation.table()])
             .inc_by(inserted.len() as u64);
+        for row in rows.iter().filter(|r| inserted.contains(&r.key)) {
+            standing.insert(
+                (relation, row.key.clone()),
+                Some(row.at.item.content_hash.clone()),
+            );
+        }
 
         let existing: Vec<&Row<'_>> = rows.iter().filter(|r| !inserted.contains(&r.key)).collect();
         if existing.is_empty() {
@@ -442,6 +449,7 @@ impl ReadStoreWriter {
         let mut retries = 0u64;
         for row in existing {
             let stored_hash = stored.get(&row.key).cloned().flatten();
+            standing.insert((relation, row.key.clone()), stored_hash.clone());
             // Rows stored before content hashes existed compare as equal.
             if stored_hash
                 .as_ref()
@@ -683,7 +691,10 @@ impl BatchProcessor for ReadStoreWriter {
         // the batch the first record of a key stands; a later one is a retry or a
         // conflict.
         let mut by_relation: BTreeMap<Relation, Vec<Row<'_>>> = BTreeMap::new();
-        let mut first: HashMap<(Relation, EventKey), &Positioned<RawEvent>> = HashMap::new();
+        let mut first: HashSet<(Relation, EventKey)> = HashSet::new();
+        // Later records of a key already in this batch: judged against whichever
+        // payload stands after the insert (the stored one, or the batch's first).
+        let mut later: Vec<(Relation, EventKey, &Positioned<RawEvent>)> = Vec::new();
         let mut conflicts = Vec::new();
         let (mut already, mut repeats) = (0u64, 0u64);
         for p in &batch.items {
@@ -698,23 +709,10 @@ impl BatchProcessor for ReadStoreWriter {
             let env = p.item.body.envelope();
             let key = (env.tenant_id.clone(), env.store_id.clone(), p.item.id);
             let relation = p.item.body.relation();
-            if let Some(earlier) = first.get(&(relation, key.clone())) {
-                if earlier.item.content_hash == p.item.content_hash {
-                    repeats += 1;
-                } else {
-                    conflicts.push(Conflict {
-                        topic: p.topic.clone(),
-                        partition: p.partition,
-                        offset: p.offset,
-                        key,
-                        relation,
-                        stored_hash: Some(earlier.item.content_hash.clone()),
-                        conflicting_hash: p.item.content_hash.clone(),
-                    });
-                }
+            if !first.insert((relation, key.clone())) {
+                later.push((relation, key, p));
                 continue;
             }
-            first.insert((relation, key.clone()), p);
             by_relation
                 .entry(relation)
                 .or_default()
@@ -722,14 +720,34 @@ impl BatchProcessor for ReadStoreWriter {
         }
 
         // Guard 2: the scoped idempotency key.
+        let mut standing = HashMap::new();
         for relation in Relation::ALL {
             let Some(rows) = by_relation.get(&relation) else {
                 continue;
             };
-            let inserted = self.insert(&tx, relation, rows, &mut conflicts).await?;
+            let inserted = self
+                .insert(&tx, relation, rows, &mut conflicts, &mut standing)
+                .await?;
             if relation == Relation::Sales {
                 self.insert_lines(&tx, rows, &inserted).await?;
             }
+        }
+        for (relation, key, p) in later {
+            let stands = standing.get(&(relation, key.clone())).cloned().flatten();
+            // Rows stored before content hashes existed compare as equal.
+            if stands.as_ref().is_none_or(|h| *h == p.item.content_hash) {
+                repeats += 1;
+                continue;
+            }
+            conflicts.push(Conflict {
+                topic: p.topic.clone(),
+                partition: p.partition,
+                offset: p.offset,
+                key,
+                relation,
+                stored_hash: stands,
+                conflicting_hash: p.item.content_hash.clone(),
+            });
         }
         self.record_conflicts(&tx, &conflicts).await?;
         self.store_offsets(&tx, batch).await?;
