@@ -131,6 +131,22 @@ async fn ten_thousand_events_exactly_once_through_a_compactor_crash() {
         invalid.len()
     );
 
+    // Every write of sensor rows takes 0.2 s longer (a test-only trigger), so the
+    // compactor is surely still writing when the test kills it, however fast the
+    // machine and however late the group join.
+    stack
+        .pool
+        .get()
+        .await
+        .expect("client")
+        .batch_execute(
+            "CREATE FUNCTION test_slow_write() RETURNS trigger LANGUAGE plpgsql AS
+               $$ BEGIN PERFORM pg_sleep(0.2); RETURN NULL; END $$;
+             CREATE TRIGGER test_slow_write AFTER INSERT ON sensor_readings
+               FOR EACH STATEMENT EXECUTE FUNCTION test_slow_write();",
+        )
+        .await
+        .expect("slow-write trigger");
     let mut compactor = spawn_compactor(&stack);
     let gateway = Gateway::new(&ingest_url, keys);
     let posting = gateway.post_all(&events, 100, 4);
