@@ -1,7 +1,8 @@
 //! The `storepulse` CLI library: the local stack (throwaway Postgres + broker), the
 //! store simulator, the gateway that posts simulated events, and the dev command
-//! that wires them to the services.
+//! that wires them to the services, and the analyst roles (tenant isolation).
 
+pub mod analysts;
 pub mod dev_stack;
 pub mod gateway;
 pub mod local_stack;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::Utc;
 use clap::{Parser, Subcommand, ValueEnum};
+use storepulse::analysts;
 use storepulse::dev_stack::{self, DevOptions};
 use storepulse::gateway::Gateway;
 use storepulse::simulator::{SimConfig, Simulator};
@@ -85,6 +86,15 @@ enum Command {
         /// Fraction of deliberately invalid events.
         #[arg(long, default_value_t = 0.0)]
         invalid_ratio: f64,
+    },
+    /// Manage analysts' Postgres login roles: each sees only its tenant's rows in
+    /// the read store (row-level security on every tenant-scoped relation).
+    Analysts {
+        #[command(subcommand)]
+        action: AnalystsAction,
+        /// The read store (else the configured postgres.url); connect as its owner.
+        #[arg(long, global = true)]
+        database_url: Option<String>,
     },
     /// Manage per-store API keys of the ingest API.
     Keys {
@@ -170,6 +180,28 @@ enum KeysAction {
     },
     /// Revoke a key by id; ingest refuses it within its cache TTL.
     Revoke { key_id: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum AnalystsAction {
+    /// Create a login role that reads only `--tenant`'s rows. The password is read
+    /// from --password-file (first line), else from $STOREPULSE_ANALYST_PASSWORD.
+    Create {
+        #[arg(long)]
+        tenant: String,
+        /// Role name: lower-case letters, digits and _, starting with a letter.
+        #[arg(long)]
+        role: String,
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+    },
+    /// List analyst roles and their tenants.
+    List,
+    /// Drop an analyst role (only roles created by `analysts create`).
+    Drop {
+        #[arg(long)]
+        role: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -337,6 +369,51 @@ async fn main() -> anyhow::Result<()> {
                 s.rejected.load(std::sync::atomic::Ordering::Relaxed),
                 s.retries.load(std::sync::atomic::Ordering::Relaxed)
             );
+            Ok(())
+        }
+        Command::Analysts {
+            action,
+            database_url,
+        } => {
+            let pool = db::pool(&postgres(&src, database_url)?)?;
+            db::migrate(&pool).await?;
+            match action {
+                AnalystsAction::Create {
+                    tenant,
+                    role,
+                    password_file,
+                } => {
+                    let password = match password_file {
+                        Some(f) => std::fs::read_to_string(&f)
+                            .with_context(|| format!("read {}", f.display()))?
+                            .lines()
+                            .next()
+                            .unwrap_or_default()
+                            .to_string(),
+                        None => std::env::var("STOREPULSE_ANALYST_PASSWORD").context(
+                            "give the password with --password-file or $STOREPULSE_ANALYST_PASSWORD",
+                        )?,
+                    };
+                    anyhow::ensure!(!password.is_empty(), "the password must not be empty");
+                    analysts::create(&pool, &tenant, &role, &password).await?;
+                    println!("created analyst role {role} for tenant {tenant}");
+                }
+                AnalystsAction::List => {
+                    println!("{:<24} {:<20} created", "role", "tenant");
+                    for r in analysts::list(&pool).await? {
+                        println!(
+                            "{:<24} {:<20} {}",
+                            r.role_name,
+                            r.tenant_id,
+                            r.created_at.format("%Y-%m-%d %H:%M:%S UTC")
+                        );
+                    }
+                }
+                AnalystsAction::Drop { role } => {
+                    analysts::drop(&pool, &role).await?;
+                    println!("dropped analyst role {role}");
+                }
+            }
             Ok(())
         }
         Command::Keys {

@@ -16,6 +16,8 @@ use serde::{Deserialize, Serialize};
 
 /// Environment variable prefix of every override.
 pub const ENV_PREFIX: &str = "STOREPULSE_";
+/// `STOREPULSE_` variables that are not configuration: the config file's name and
+/// the password `storepulse analysts create` reads.
 /// Environment variable naming the config file (alternative to `--config`).
 pub const CONFIG_FILE_ENV: &str = "STOREPULSE_CONFIG";
 
@@ -78,7 +80,11 @@ impl ConfigSource {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
-        figment = figment.merge(Env::prefixed(ENV_PREFIX).ignore(&["CONFIG"]).split("__"));
+        figment = figment.merge(
+            Env::prefixed(ENV_PREFIX)
+                .ignore(&["CONFIG", "ANALYST_PASSWORD"])
+                .split("__"),
+        );
         Self::from_figment(figment)
     }
 

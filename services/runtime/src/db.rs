@@ -48,6 +48,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "pos_uptime",
         sql: include_str!("../migrations/0005_pos_uptime.sql"),
     },
+    Migration {
+        version: 6,
+        name: "analyst_roles",
+        sql: include_str!("../migrations/0006_analyst_roles.sql"),
+    },
 ];
 
 /// Arbitrary constant naming the migration advisory lock.

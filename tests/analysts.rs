@@ -1,0 +1,180 @@
+//! Tenant isolation for analysts against a real Postgres: a role made by
+//! `storepulse analysts create` reads only its tenant's rows, in raw tables and
+//! rollups alike, and nothing outside the read store.
+
+mod support;
+
+use std::collections::BTreeMap;
+
+use storepulse_compactor::writer::ReadStoreWriter;
+use storepulse_runtime::AvroCodec;
+use storepulse_runtime::consumer::{Batch, BatchProcessor, ConsumedRecord, Positioned};
+use storepulse_runtime::records::*;
+use support::TestDb;
+use uuid::Uuid;
+
+fn reading(tenant: &str, value: f64) -> SensorReading {
+    let now = chrono::Utc::now().timestamp_micros();
+    SensorReading {
+        envelope: Envelope {
+            event_id: Uuid::new_v4().to_string(),
+            tenant_id: tenant.into(),
+            store_id: "s-1".into(),
+            occurred_at: now,
+            received_at: now,
+            source: "test".into(),
+        },
+        device_id: "freezer-1".into(),
+        kind: SensorKind::Temperature,
+        value,
+        unit: SensorUnit::Celsius,
+        appliance: Some("freezer".into()),
+    }
+}
+
+fn storepulse(args: &[&str], database_url: &str) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_storepulse"))
+        .args(args)
+        .args(["--database-url", database_url])
+        .env("STOREPULSE_ANALYST_PASSWORD", "s3cret'quote")
+        .env("STOREPULSE_LOG__FORMAT", "text")
+        .output()
+        .expect("run storepulse")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_analyst_role_sees_only_its_tenant() {
+    let db = TestDb::start("analysts").await;
+    let codec = AvroCodec::new();
+    let mut writer = ReadStoreWriter::new(
+        db.pool.clone(),
+        codec.clone(),
+        "g".into(),
+        &prometheus::Registry::new(),
+    )
+    .expect("writer");
+    let mut batch = Batch {
+        items: Vec::new(),
+        next_offsets: BTreeMap::new(),
+    };
+    for (offset, r) in [
+        reading("acme", -18.0),
+        reading("acme", -17.0),
+        reading("globex", -20.0),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let rec = ConsumedRecord {
+            topic: topic::SENSOR_READINGS.into(),
+            partition: 0,
+            offset: offset as i64,
+            key: Some(r.envelope.partition_key().into_bytes()),
+            payload: codec.encode(r).expect("encode"),
+        };
+        batch.items.push(Positioned {
+            topic: rec.topic.clone(),
+            partition: 0,
+            offset: offset as i64,
+            item: writer.decode(&rec).expect("decode"),
+        });
+        batch
+            .next_offsets
+            .insert((topic::SENSOR_READINGS.into(), 0), offset as i64 + 1);
+    }
+    writer.apply(&batch).await.expect("apply");
+
+    let url = &db.postgres.url;
+    let out = storepulse(
+        &[
+            "analysts",
+            "create",
+            "--tenant",
+            "acme",
+            "--role",
+            "acme_analyst",
+        ],
+        url,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = storepulse(&["analysts", "list"], url);
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listed.contains("acme_analyst") && listed.contains("acme"),
+        "{listed}"
+    );
+    let again = storepulse(
+        &[
+            "analysts",
+            "create",
+            "--tenant",
+            "acme",
+            "--role",
+            "acme_analyst",
+        ],
+        url,
+    );
+    assert!(!again.status.success(), "a second create is refused");
+    let bad = storepulse(
+        &["analysts", "create", "--tenant", "acme", "--role", "x;drop"],
+        url,
+    );
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("is not allowed"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+
+    // Connect as the analyst (the test cluster trusts loopback logins).
+    let as_analyst = url.replacen("storepulse@", "acme_analyst@", 1);
+    let (client, conn) = tokio_postgres::connect(&as_analyst, tokio_postgres::NoTls)
+        .await
+        .expect("analyst login");
+    tokio::spawn(conn);
+    let count = |sql: &'static str| {
+        let client = &client;
+        async move { client.query_one(sql, &[]).await.map(|r| r.get::<_, i64>(0)) }
+    };
+    assert_eq!(
+        count("SELECT count(*) FROM sensor_readings")
+            .await
+            .expect("raw"),
+        2
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM sensor_readings WHERE tenant_id = 'globex'")
+            .await
+            .expect("raw"),
+        0
+    );
+    assert_eq!(
+        count("SELECT sum(readings)::bigint FROM sensor_stats_hourly")
+            .await
+            .expect("rollup"),
+        2
+    );
+    let denied = count("SELECT count(*) FROM api_keys").await;
+    assert!(denied.is_err(), "no access to API keys");
+    let denied = client.execute("DELETE FROM sensor_readings", &[]).await;
+    assert!(denied.is_err(), "read only");
+    drop(client);
+
+    // The owner (the compactor's role) still sees every tenant.
+    assert_eq!(db.count("SELECT count(*) FROM sensor_readings").await, 3);
+    let out = storepulse(&["analysts", "drop", "--role", "acme_analyst"], url);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        tokio_postgres::connect(&as_analyst, tokio_postgres::NoTls)
+            .await
+            .is_err(),
+        "the role is gone"
+    );
+}
