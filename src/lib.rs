@@ -6,4 +6,5 @@ pub mod analysts;
 pub mod dev_stack;
 pub mod gateway;
 pub mod local_stack;
+pub mod rebuild;
 pub mod simulator;

@@ -96,6 +96,18 @@ enum Command {
         #[arg(long, global = true)]
         database_url: Option<String>,
     },
+    /// Recreate the read store from the topics into a new, empty database: replays
+    /// every input topic from the beginning to its end at the start, with the
+    /// compactor's own code, showing progress. Point the compactor at the rebuilt
+    /// database afterwards; it resumes from the offsets stored there.
+    Rebuild {
+        /// The new, empty database to rebuild into.
+        #[arg(long)]
+        database_url: String,
+        /// No progress bar (for logs).
+        #[arg(long)]
+        quiet: bool,
+    },
     /// Manage per-store API keys of the ingest API.
     Keys {
         #[command(subcommand)]
@@ -368,6 +380,22 @@ async fn main() -> anyhow::Result<()> {
                 s.accepted.load(std::sync::atomic::Ordering::Relaxed),
                 s.rejected.load(std::sync::atomic::Ordering::Relaxed),
                 s.retries.load(std::sync::atomic::Ordering::Relaxed)
+            );
+            Ok(())
+        }
+        Command::Rebuild {
+            database_url,
+            quiet,
+        } => {
+            let k: KafkaConfig = src.section("kafka")?;
+            let pg = postgres(&src, Some(database_url))?;
+            shutdown::cancel_on_signals(token.clone());
+            let report = storepulse::rebuild::rebuild(&k, &pg, !quiet, token.clone()).await?;
+            println!(
+                "rebuilt the read store from {} records in {:.1}s (consumer group {})",
+                report.records,
+                report.elapsed.as_secs_f64(),
+                report.group_id
             );
             Ok(())
         }

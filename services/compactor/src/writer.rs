@@ -646,7 +646,13 @@ fn decode_rejected(codec: &AvroCodec, rec: &ConsumedRecord) -> Result<RawEvent, 
         ..value.envelope.clone()
     };
     let id = contract::check_envelope(&lenient, None)?;
-    let content_hash = content_hash(codec, &value, |v| v.envelope.received_at = 0)?;
+    // A rejection's times are when it was rejected: the same rejection published
+    // again (a consumer re-reading after a crash, a rebuild) has other times but is
+    // the same dead letter.
+    let content_hash = content_hash(codec, &value, |v| {
+        v.envelope.received_at = 0;
+        v.envelope.occurred_at = 0;
+    })?;
     Ok(RawEvent {
         id,
         content_hash,

@@ -1,0 +1,166 @@
+//! `storepulse rebuild` against a real broker and Postgres: a read store rebuilt
+//! from the topics equals the live one, relation by relation.
+
+mod support;
+
+use std::time::Duration;
+
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use storepulse_runtime::AvroCodec;
+use storepulse_runtime::records::*;
+use support::{TestStack, eventually, start_compactor};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// Relations compared, with the columns that differ by construction left out.
+const RELATIONS: [(&str, &str); 12] = [
+    ("sales", "t"),
+    ("sale_lines", "t"),
+    ("inventory_changes", "t"),
+    ("pos_heartbeats", "t"),
+    ("sensor_readings", "t"),
+    ("rejected_events", "t"),
+    (
+        "event_id_conflicts",
+        "(t.topic, t.partition, t.\"offset\", t.event_id, t.conflicting_hash)",
+    ),
+    ("sales_hourly", "t"),
+    ("sales_daily", "t"),
+    ("sensor_stats_5m", "t"),
+    ("sensor_stats_hourly", "t"),
+    ("pos_uptime_daily", "t"),
+];
+
+async fn fingerprint(
+    pool: &deadpool_postgres::Pool,
+    relation: &str,
+    columns: &str,
+) -> (i64, String) {
+    let client = pool.get().await.expect("client");
+    let row = client
+        .query_one(
+            &format!(
+                "SELECT count(*), coalesce(md5(string_agg({columns}::text, '|' ORDER BY {columns}::text)), '')
+                 FROM {relation} t"
+            ),
+            &[],
+        )
+        .await
+        .expect(relation);
+    (row.get(0), row.get(1))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuilt_read_store_equals_the_live_one() {
+    let stack = TestStack::start("rebuild").await;
+    let producer: FutureProducer = storepulse_runtime::kafka::client_config(&stack.kafka, "c")
+        .create()
+        .expect("producer");
+    let codec = AvroCodec::new();
+    let now = chrono::Utc::now().timestamp_micros();
+    let mut sent = 0;
+    for i in 0..400i64 {
+        let store = format!("s-{}", i % 7);
+        let reading = SensorReading {
+            envelope: Envelope {
+                // Every tenth reading reuses the id of the same store's reading
+                // seven earlier, with another payload: a conflict.
+                event_id: Uuid::from_u128(if i % 10 == 9 {
+                    i as u128 - 6
+                } else {
+                    i as u128 + 1
+                })
+                .to_string(),
+                tenant_id: "acme".into(),
+                store_id: store.clone(),
+                occurred_at: now - i * 60_000_000,
+                received_at: now,
+                source: "test".into(),
+            },
+            device_id: "freezer-1".into(),
+            kind: SensorKind::Temperature,
+            value: -18.0 + (i % 5) as f64,
+            unit: SensorUnit::Celsius,
+            appliance: Some("freezer".into()),
+        };
+        let key = reading.envelope.partition_key();
+        let payload = if i % 50 == 0 {
+            b"not avro".to_vec() // dead-lettered
+        } else {
+            codec.encode(&reading).expect("encode")
+        };
+        producer
+            .send(
+                FutureRecord::to(&stack.kafka.topic(topic::SENSOR_READINGS))
+                    .key(&key)
+                    .payload(&payload),
+                Duration::from_secs(5),
+            )
+            .await
+            .expect("produce");
+        sent += 1;
+    }
+    assert_eq!(sent, 400);
+
+    // The live store.
+    let shutdown = CancellationToken::new();
+    let (_, live) = start_compactor(&stack, &shutdown, None, None).await;
+    eventually("the live store caught up", Duration::from_secs(90), || async {
+        (stack
+            .count("SELECT coalesce(sum(next_offset), 0)::bigint FROM consumer_offsets WHERE topic = 'sensor.readings.v1'")
+            .await
+            == 400
+            && stack.count("SELECT count(*) FROM rejected_events").await == 8)
+            .then_some(())
+    })
+    .await;
+    shutdown.cancel();
+    live.await.expect("join").expect("live compactor stops");
+
+    // Rebuild into a new database, through the CLI.
+    let url = stack.pg.create_database("rebuilt").await.expect("db");
+    let out = tokio::task::spawn_blocking({
+        let env = stack.service_env("unused");
+        let url = url.clone();
+        move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_storepulse"))
+                .args(["rebuild", "--database-url", &url])
+                .envs(env)
+                .output()
+                .expect("run rebuild")
+        }
+    })
+    .await
+    .expect("join");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("] "), "a progress bar: {stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("rebuilt the read store from"), "{stdout}");
+
+    let rebuilt = storepulse_runtime::db::pool(&storepulse_runtime::PostgresConfig {
+        url: url.clone(),
+        ..Default::default()
+    })
+    .expect("pool");
+    for (relation, columns) in RELATIONS {
+        let live = fingerprint(&stack.pool, relation, columns).await;
+        let again = fingerprint(&rebuilt, relation, columns).await;
+        assert_eq!(live, again, "{relation} differs after the rebuild");
+    }
+    assert!(fingerprint(&stack.pool, "sensor_readings", "t").await.0 > 300);
+    assert!(fingerprint(&stack.pool, "event_id_conflicts", "t").await.0 > 0);
+
+    // A second rebuild into the same (now used) database is refused.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_storepulse"))
+        .args(["rebuild", "--database-url", &url, "--quiet"])
+        .envs(stack.service_env("unused"))
+        .output()
+        .expect("run rebuild");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not empty"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
