@@ -385,7 +385,9 @@ impl<P: BatchProcessor> BatchConsumer<P> {
     /// Waits for a first record (or shutdown, or an idle tick), then fills the batch
     /// for at most `batch_max_wait` or `batch_max_records`.
     async fn next_batch(&mut self, shutdown: &CancellationToken) -> Vec<ConsumedRecord> {
-        let mut out = std::mem::take(&mut self.pending);
+        // Records kept while paused open the batch, at most a batch's worth.
+        let take = self.pending.len().min(self.settings.batch_max_records);
+        let mut out: Vec<ConsumedRecord> = self.pending.drain(..take).collect();
         let mut deadline =
             (!out.is_empty()).then(|| tokio::time::Instant::now() + self.settings.batch_max_wait);
         let idle = tokio::time::Instant::now() + IDLE_TICK;
@@ -650,6 +652,7 @@ impl<P: BatchProcessor> BatchConsumer<P> {
         }
         let mut todo: Vec<usize> = (0..rejected.len()).collect();
         let mut backoff = Backoff::new();
+        let mut paused = false;
         loop {
             let dead_letters = &self.dead_letters;
             let sends = todo.iter().map(|&i| {
@@ -665,13 +668,17 @@ impl<P: BatchProcessor> BatchConsumer<P> {
                     rejection,
                 )
             });
-            let outcomes = keep_polling(
-                &self.consumer,
-                &self.kafka,
-                &mut self.pending,
-                join_all(sends),
-            )
-            .await;
+            let outcomes = if paused {
+                keep_polling(
+                    &self.consumer,
+                    &self.kafka,
+                    &mut self.pending,
+                    join_all(sends),
+                )
+                .await
+            } else {
+                join_all(sends).await
+            };
             let mut failed = Vec::new();
             let mut last_error = None;
             for (&i, outcome) in todo.iter().zip(outcomes) {
@@ -687,14 +694,18 @@ impl<P: BatchProcessor> BatchConsumer<P> {
                         last_error = Some(e);
                     }
                     Err(e) => {
-                        self.resume_all();
+                        if paused {
+                            self.resume_all();
+                        }
                         return Err(e.into());
                     }
                 }
             }
             let Some(e) = last_error else {
-                self.health.clear("dead-letters");
-                self.resume_all();
+                if paused {
+                    self.health.clear("dead-letters");
+                    self.resume_all();
+                }
                 return Ok(());
             };
             todo = failed;
@@ -703,6 +714,7 @@ impl<P: BatchProcessor> BatchConsumer<P> {
                 format!("dead-letter topic unavailable: {e}"),
             );
             self.pause_all();
+            paused = true;
             if shutdown.is_cancelled() {
                 return Err(ConsumerError::Interrupted(e.to_string()));
             }
@@ -733,13 +745,19 @@ impl<P: BatchProcessor> BatchConsumer<P> {
         let mut backoff = Backoff::new();
         let mut paused = false;
         let outcome = loop {
-            let result = keep_polling(
-                &self.consumer,
-                &self.kafka,
-                &mut self.pending,
-                self.processor.apply(batch),
-            )
-            .await;
+            // Only a retry (partitions paused) polls meanwhile: polling during a
+            // normal apply would pull the backlog into memory.
+            let result = if paused {
+                keep_polling(
+                    &self.consumer,
+                    &self.kafka,
+                    &mut self.pending,
+                    self.processor.apply(batch),
+                )
+                .await
+            } else {
+                self.processor.apply(batch).await
+            };
             let e = match result {
                 Ok(()) => break Ok(Applied::Done),
                 Err(e) => e,
