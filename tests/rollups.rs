@@ -821,7 +821,7 @@ fn mixed(n: usize) -> Vec<Published> {
         .collect()
 }
 
-/// Upgrading a read store that holds raw rows (migrations 0004 and 0005 applied to it)
+/// Upgrading a read store that holds raw rows (migrations 0004 to 0006 applied to it)
 /// backfills the rollups, equal to a recount; the compactor then carries on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrading_backfills_the_rollups_from_stored_rows() {
@@ -837,7 +837,9 @@ async fn upgrading_backfills_the_rollups_from_stored_rows() {
         .await
         .expect("client")
         .batch_execute(
-            "DROP TABLE sales_hourly, sales_daily, sensor_stats_5m, sensor_stats_hourly,
+            "DROP FUNCTION storepulse_analyst_tenant(name) CASCADE;
+             DROP TABLE analyst_roles;
+             DROP TABLE sales_hourly, sales_daily, sensor_stats_5m, sensor_stats_hourly,
                         sensor_limits, pos_uptime_daily;
              DELETE FROM schema_migrations WHERE version >= 4",
         )
@@ -846,7 +848,7 @@ async fn upgrading_backfills_the_rollups_from_stored_rows() {
     let applied = storepulse_runtime::db::migrate(&db.pool)
         .await
         .expect("upgrade");
-    assert_eq!(applied, vec![4, 5]);
+    assert_eq!(applied, vec![4, 5, 6]);
     for rollup in ["sales_daily", "sensor_stats_hourly", "pos_uptime_daily"] {
         assert!(db.count(&format!("SELECT count(*) FROM {rollup}")).await > 0);
     }
