@@ -300,6 +300,16 @@ fn postgres(src: &ConfigSource, url: Option<String>) -> anyhow::Result<PostgresC
     Ok(pg)
 }
 
+/// A pool on the read store (`url`, else the configured one), migrated.
+async fn migrated_read_store(
+    src: &ConfigSource,
+    url: Option<String>,
+) -> anyhow::Result<deadpool_postgres::Pool> {
+    let pool = db::pool(&postgres(src, url)?)?;
+    db::migrate(&pool).await?;
+    Ok(pool)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -403,8 +413,7 @@ async fn main() -> anyhow::Result<()> {
             action,
             database_url,
         } => {
-            let pool = db::pool(&postgres(&src, database_url)?)?;
-            db::migrate(&pool).await?;
+            let pool = migrated_read_store(&src, database_url).await?;
             match action {
                 AnalystsAction::Create {
                     tenant,
@@ -448,8 +457,7 @@ async fn main() -> anyhow::Result<()> {
             action,
             database_url,
         } => {
-            let pool = db::pool(&postgres(&src, database_url)?)?;
-            db::migrate(&pool).await?;
+            let pool = migrated_read_store(&src, database_url).await?;
             match action {
                 KeysAction::Create {
                     tenant,

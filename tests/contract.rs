@@ -98,6 +98,14 @@ async fn get(url: &str) -> (u16, String) {
     (status, resp.text().await.unwrap_or_default())
 }
 
+/// Waits until the service at `url` answers `/readyz` with 200.
+async fn until_ready(url: &str) {
+    eventually("ready again", Duration::from_secs(30), || async move {
+        (get(&format!("{url}/readyz")).await.0 == 200).then_some(())
+    })
+    .await;
+}
+
 async fn stop(shutdown: CancellationToken, handle: tokio::task::JoinHandle<anyhow::Result<()>>) {
     shutdown.cancel();
     handle
@@ -381,11 +389,7 @@ async fn an_unknown_writer_schema_pauses_its_partition_until_the_registry_has_it
         || async { (stack.count("SELECT count(*) FROM sensor_readings").await == 3).then_some(()) },
     )
     .await;
-    eventually("ready again", Duration::from_secs(30), || {
-        let url = url.clone();
-        async move { (get(&format!("{url}/readyz")).await.0 == 200).then_some(()) }
-    })
-    .await;
+    until_ready(&url).await;
     assert_eq!(stack.count("SELECT count(*) FROM rejected_events").await, 0);
     stop(shutdown, handle).await;
 }
@@ -752,11 +756,7 @@ async fn a_transient_failure_is_retried_in_the_group_and_not_ready_meanwhile() {
         || async { (stack.count("SELECT count(*) FROM sensor_readings").await == 1).then_some(()) },
     )
     .await;
-    eventually("ready again", Duration::from_secs(30), || {
-        let url = url.clone();
-        async move { (get(&format!("{url}/readyz")).await.0 == 200).then_some(()) }
-    })
-    .await;
+    until_ready(&url).await;
     assert_eq!(stack.count("SELECT count(*) FROM rejected_events").await, 0);
     stop(shutdown, handle).await;
 }
@@ -958,11 +958,7 @@ async fn a_schema_that_never_appears_is_dead_lettered_after_the_hold() {
         "{reason}"
     );
     assert_eq!(row.get::<_, Option<i64>>(1), Some(0));
-    eventually("ready again", Duration::from_secs(30), || {
-        let url = url.clone();
-        async move { (get(&format!("{url}/readyz")).await.0 == 200).then_some(()) }
-    })
-    .await;
+    until_ready(&url).await;
     stop(shutdown, handle).await;
 }
 

@@ -31,12 +31,12 @@ pub struct TestStack {
 impl TestStack {
     /// A fresh stack with migrated database and created topics.
     pub async fn start(name: &str) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("storepulse-test-{name}-"))
-            .tempdir()
-            .expect("tempdir");
-        let pg = LocalPostgres::start(&dir.path().join("pg"), None).expect("start postgres");
-        let url = pg.create_database(name).await.expect("create database");
+        let TestDb {
+            pg,
+            postgres,
+            pool,
+            dir,
+        } = TestDb::start(name).await;
         let broker =
             LocalBroker::start(dir.path(), "memory://nisshi/", None).expect("start broker");
         let prefix = format!(
@@ -48,12 +48,6 @@ impl TestStack {
         kafka::ensure_topics(&kafka, &topic::PROVISIONED, PARTITIONS)
             .await
             .expect("create topics");
-        let postgres = PostgresConfig {
-            url,
-            ..PostgresConfig::default()
-        };
-        let pool = db::pool(&postgres).expect("pool");
-        db::migrate(&pool).await.expect("migrate");
         Self {
             name: name.into(),
             pg,
@@ -91,12 +85,7 @@ impl TestStack {
     }
 
     pub async fn count(&self, sql: &str) -> i64 {
-        let client = self.pool.get().await.expect("pg client");
-        client
-            .query_one(sql, &[])
-            .await
-            .expect("count query")
-            .get(0)
+        count(&self.pool, sql).await
     }
 }
 
@@ -174,13 +163,18 @@ impl TestDb {
     }
 
     pub async fn count(&self, sql: &str) -> i64 {
-        let client = self.pool.get().await.expect("pg client");
-        client
-            .query_one(sql, &[])
-            .await
-            .expect("count query")
-            .get(0)
+        count(&self.pool, sql).await
     }
+}
+
+/// The one number `sql` selects.
+pub async fn count(pool: &deadpool_postgres::Pool, sql: &str) -> i64 {
+    let client = pool.get().await.expect("pg client");
+    client
+        .query_one(sql, &[])
+        .await
+        .expect("count query")
+        .get(0)
 }
 
 /// Polls `probe` until it yields `Some`, failing the test after `within`.

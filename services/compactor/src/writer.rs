@@ -692,6 +692,10 @@ impl BatchProcessor for ReadStoreWriter {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let stored = self.lock_offsets(&tx, batch).await?;
+        let floors: HashMap<(&str, i32), i64> = stored
+            .iter()
+            .map(|((topic, partition), next)| ((topic.as_str(), *partition), *next))
+            .collect();
 
         // Guard 1: records below the stored offset were applied before. Then within
         // the batch the first record of a key stands; a later one is a retry or a
@@ -704,8 +708,8 @@ impl BatchProcessor for ReadStoreWriter {
         let mut conflicts = Vec::new();
         let (mut already, mut repeats) = (0u64, 0u64);
         for p in &batch.items {
-            let floor = stored
-                .get(&(p.topic.clone(), p.partition))
+            let floor = floors
+                .get(&(p.topic.as_str(), p.partition))
                 .copied()
                 .unwrap_or(0);
             if p.offset < floor {
