@@ -4,6 +4,10 @@
 #   - the PostgreSQL server binaries (Debian package, only when missing)
 #   - Python's fastavro (PyPI, only when missing): the independent Avro implementation
 #     the codec interop test (services/runtime/tests/fastavro_interop.rs) checks against
+#   - the TimescaleDB 2.28.3 extension for the server's PostgreSQL (built from the
+#     vendored source archive when missing; needs postgresql-server-dev-<major> and
+#     cmake). Without archive or build tools the read store runs on plain PostgreSQL,
+#     which is said here and by `storepulse dev` at start.
 set -euo pipefail
 
 NISSHI_VERSION=0.8.1
@@ -38,3 +42,79 @@ else
   echo "fastavro: installing from PyPI ..."
   python3 -m pip install --quiet fastavro
 fi
+
+# TimescaleDB: there is no Debian package for PostgreSQL 15 here, so it is built from
+# the source archive of tag 2.28.3 (the last line supporting PostgreSQL 15).
+TIMESCALEDB_VERSION=2.28.3
+TIMESCALEDB_SHA256=ec2f7de0ba53a473c01e0a57e09053898c6b1f7487228caff0f1d31c8cb2dedb
+repo_root="$(cd "$(dirname "$0")/.." && pwd)"
+
+pg_bin_dir() {
+  if [ -n "${STOREPULSE_PG_BIN:-}" ]; then echo "$STOREPULSE_PG_BIN"; return; fi
+  ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -t/ -k4 -n | tail -1
+}
+
+timescaledb_archive() {
+  local candidate
+  for candidate in "${STOREPULSE_TIMESCALEDB_SOURCE:-}" \
+    "$repo_root/../shared/vendor/timescaledb-${TIMESCALEDB_VERSION}.tar.gz" \
+    "/work/shared/vendor/timescaledb-${TIMESCALEDB_VERSION}.tar.gz"; do
+    if [ -n "$candidate" ] && [ -f "$candidate" ]; then echo "$candidate"; return 0; fi
+  done
+  return 1
+}
+
+install_timescaledb() {
+  local bindir major pg_config libdir archive work
+  bindir="$(pg_bin_dir)"
+  major="$(basename "$(dirname "$bindir")")"
+  pg_config="/usr/lib/postgresql/${major}/bin/pg_config"
+  [ -x "$pg_config" ] || pg_config="$(command -v pg_config || true)"
+  libdir="$([ -n "$pg_config" ] && "$pg_config" --pkglibdir 2>/dev/null || echo "/usr/lib/postgresql/${major}/lib")"
+  if [ -f "$libdir/timescaledb-${TIMESCALEDB_VERSION}.so" ]; then
+    echo "timescaledb ${TIMESCALEDB_VERSION}: installed (PostgreSQL ${major})"
+    return 0
+  fi
+  if ! archive="$(timescaledb_archive)"; then
+    echo "timescaledb: source archive not found (set STOREPULSE_TIMESCALEDB_SOURCE); the read store will run on plain PostgreSQL"
+    return 0
+  fi
+  if ! echo "${TIMESCALEDB_SHA256}  ${archive}" | sha256sum -c --status; then
+    echo "timescaledb: ${archive} does not have the expected sha256; not building it" >&2
+    return 1
+  fi
+  if [ ! -f "/usr/include/postgresql/${major}/server/postgres.h" ] || ! command -v cmake >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      if [ ! -f "/usr/include/postgresql/${major}/server/postgres.h" ]; then
+        echo "timescaledb: installing postgresql-server-dev-${major} (Debian) ..."
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "postgresql-server-dev-${major}" >/dev/null
+      fi
+    fi
+    if ! command -v cmake >/dev/null 2>&1; then
+      echo "timescaledb: installing cmake (PyPI) ..."
+      python3 -m pip install --quiet cmake
+      hash -r
+    fi
+  fi
+  if [ ! -f "/usr/include/postgresql/${major}/server/postgres.h" ] || ! command -v cmake >/dev/null 2>&1; then
+    echo "timescaledb: postgresql-server-dev-${major} or cmake missing; the read store will run on plain PostgreSQL"
+    return 0
+  fi
+  echo "timescaledb ${TIMESCALEDB_VERSION}: building from ${archive} (about two minutes) ..."
+  work="$(mktemp -d)"
+  tar -xzf "$archive" -C "$work"
+  (
+    cd "$work"/timescaledb*/ &&
+      ./bootstrap -DPG_CONFIG="$pg_config" -DREGRESS_CHECKS=OFF -DTAP_CHECKS=OFF \
+        -DWARNINGS_AS_ERRORS=OFF -DGENERATE_DOWNGRADE_SCRIPT=OFF >"$work/bootstrap.log" 2>&1 &&
+      make -C build -j2 install >"$work/build.log" 2>&1
+  ) || {
+    echo "timescaledb: build failed; logs in $work" >&2
+    return 1
+  }
+  rm -rf "$work"
+  echo "timescaledb ${TIMESCALEDB_VERSION}: installed"
+}
+
+install_timescaledb

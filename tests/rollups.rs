@@ -223,9 +223,13 @@ fn batch(writer: &ReadStoreWriter, codec: &AvroCodec, records: &[Logged]) -> Bat
 }
 
 fn writer(db: &TestDb, group: &str) -> (ReadStoreWriter, AvroCodec) {
+    writer_on(&db.pool, group)
+}
+
+fn writer_on(pool: &deadpool_postgres::Pool, group: &str) -> (ReadStoreWriter, AvroCodec) {
     let codec = AvroCodec::new();
     let w = ReadStoreWriter::new(
-        db.pool.clone(),
+        pool.clone(),
         codec.clone(),
         group.into(),
         &prometheus::Registry::new(),
@@ -711,7 +715,7 @@ async fn run_case(db: &TestDb, w: &Workload) -> Result<(), TestCaseError> {
         .await
         .expect("client")
         .batch_execute(
-            "TRUNCATE sales, sale_lines, sensor_readings, pos_heartbeats, event_id_conflicts,
+            "TRUNCATE event_keys, sales, sale_lines, sensor_readings, pos_heartbeats, event_id_conflicts,
                       consumer_offsets, sales_hourly, sales_daily, sensor_stats_5m,
                       sensor_stats_hourly, pos_uptime_daily",
         )
@@ -821,8 +825,9 @@ fn mixed(n: usize) -> Vec<Published> {
         .collect()
 }
 
-/// Upgrading a read store that holds raw rows (migrations 0004 to 0006 applied to it)
-/// backfills the rollups, equal to a recount; the compactor then carries on.
+/// Upgrading a read store that holds raw rows, as the release before the rollups
+/// (migration 3) left it: the migrations backfill the rollups (equal to a recount) and
+/// the key ledger, and the compactor carries on, a re-delivered event still stored once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrading_backfills_the_rollups_from_stored_rows() {
     let db = TestDb::start("rollupgrade").await;
@@ -831,41 +836,94 @@ async fn upgrading_backfills_the_rollups_from_stored_rows() {
     w.apply(&batch(&w, &codec, &log[..1_000]))
         .await
         .expect("apply");
-    // Back to the schema before the rollups, raw rows kept.
-    db.pool
-        .get()
-        .await
-        .expect("client")
-        .batch_execute(
-            "DROP FUNCTION storepulse_analyst_tenant(name) CASCADE;
-             DROP TABLE analyst_roles;
-             DROP TABLE sales_hourly, sales_daily, sensor_stats_5m, sensor_stats_hourly,
-                        sensor_limits, pos_uptime_daily;
-             DELETE FROM schema_migrations WHERE version >= 4",
-        )
-        .await
-        .expect("downgrade");
-    let applied = storepulse_runtime::db::migrate(&db.pool)
+    // The same raw rows in a read store at migration 3 (before rollups and ledger).
+    let old = TestDb::on_cluster(&db, "rollupgrade_old", Some(3)).await;
+    let raw = [
+        "sales",
+        "sale_lines",
+        "sensor_readings",
+        "pos_heartbeats",
+        "inventory_changes",
+    ];
+    for table in raw {
+        copy_rows(&db.pool, &old.pool, table).await;
+    }
+    assert_eq!(
+        old.count("SELECT count(*) FROM sensor_readings").await,
+        db.count("SELECT count(*) FROM sensor_readings").await
+    );
+    let applied = storepulse_runtime::db::migrate(&old.pool)
         .await
         .expect("upgrade");
-    assert_eq!(applied, vec![4, 5, 6]);
+    assert_eq!(
+        applied,
+        storepulse_runtime::db::MIGRATIONS
+            .iter()
+            .map(|m| m.version)
+            .filter(|v| *v > 3)
+            .collect::<Vec<_>>()
+    );
     for rollup in ["sales_daily", "sensor_stats_hourly", "pos_uptime_daily"] {
-        assert!(db.count(&format!("SELECT count(*) FROM {rollup}")).await > 0);
+        assert!(old.count(&format!("SELECT count(*) FROM {rollup}")).await > 0);
     }
-    rollups_equal_recount(&db.pool)
+    rollups_equal_recount(&old.pool)
         .await
         .expect("backfilled rollups equal a recount");
-    // A new writer (fresh statement cache) carries on from there.
-    let (mut w, codec) = writer(&db, "g");
+    assert_eq!(
+        old.count("SELECT count(*) FROM event_keys").await,
+        old.count(
+            "SELECT (SELECT count(*) FROM sales) + (SELECT count(*) FROM sensor_readings)
+                  + (SELECT count(*) FROM pos_heartbeats)"
+        )
+        .await
+    );
+    // A writer carries on; the first 100 records are delivered again (no stored
+    // offsets here): the key ledger keeps them out.
+    let (mut w, codec) = writer_on(&old.pool, "g");
     w.apply(&batch(&w, &codec, &log[900..]))
         .await
         .expect("apply");
     assert_eq!(
-        db.count("SELECT sum(readings)::bigint FROM sensor_stats_5m")
-            .await,
+        old.count("SELECT count(*) FROM sensor_readings").await,
         db.count("SELECT count(*) FROM sensor_readings").await
+            + log[1_000..]
+                .iter()
+                .filter(|l| l.topic == topic::SENSOR_READINGS)
+                .count() as i64
     );
-    rollups_equal_recount(&db.pool)
+    assert_eq!(
+        old.count("SELECT sum(readings)::bigint FROM sensor_stats_5m")
+            .await,
+        old.count("SELECT count(*) FROM sensor_readings").await
+    );
+    rollups_equal_recount(&old.pool)
         .await
         .expect("rollups equal a recount");
+}
+
+/// Copies `table`'s rows from one read store to another, by column name (columns the
+/// target lacks are left out).
+async fn copy_rows(from: &deadpool_postgres::Pool, to: &deadpool_postgres::Pool, table: &str) {
+    let rows: serde_json::Value = from
+        .get()
+        .await
+        .expect("client")
+        .query_one(
+            &format!("SELECT coalesce(json_agg(t), '[]') FROM {table} t"),
+            &[],
+        )
+        .await
+        .expect("read rows")
+        .get(0);
+    to.get()
+        .await
+        .expect("client")
+        .execute(
+            &format!(
+                "INSERT INTO {table} SELECT * FROM json_populate_recordset(NULL::{table}, $1)"
+            ),
+            &[&rows],
+        )
+        .await
+        .expect("copy rows");
 }

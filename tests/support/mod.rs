@@ -167,6 +167,32 @@ impl TestDb {
     }
 }
 
+/// Another database on the cluster of a [`TestDb`], migrated up to `last` (all with
+/// `None`).
+pub struct OtherDb {
+    pub postgres: PostgresConfig,
+    pub pool: deadpool_postgres::Pool,
+}
+
+impl TestDb {
+    pub async fn on_cluster(db: &TestDb, name: &str, last: Option<i32>) -> OtherDb {
+        let url = db.pg.create_database(name).await.expect("create database");
+        let postgres = PostgresConfig {
+            url,
+            ..PostgresConfig::default()
+        };
+        let pool = db::pool(&postgres).expect("pool");
+        db::migrate_to(&pool, last).await.expect("migrate");
+        OtherDb { postgres, pool }
+    }
+}
+
+impl OtherDb {
+    pub async fn count(&self, sql: &str) -> i64 {
+        count(&self.pool, sql).await
+    }
+}
+
 /// The one number `sql` selects.
 pub async fn count(pool: &deadpool_postgres::Pool, sql: &str) -> i64 {
     let client = pool.get().await.expect("pg client");

@@ -1,41 +1,25 @@
--- POS heartbeats and their increments to pos_uptime_daily, in one statement. Only rows
--- inserted by this statement are counted (ins), so a retried, conflicting or already
--- applied event never adds to a rollup. Minute masks combine with OR (migration 0005).
-WITH ins AS (
+-- POS heartbeats: key into event_keys first, the raw row only for keys inserted. CTE
+-- ins holds the rows inserted; on plain PostgreSQL rollup_heartbeats.sql continues the
+-- statement with the rollup increments (from ins only, so a retried, conflicting or
+-- already applied event never adds to a rollup).
+WITH src AS (
+    SELECT *
+    FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[],
+                $6::text[], $7::text[], $8::bool[], $9::text[], $10::text[], $11::text[],
+                $12::bytea[])
+        AS u(event_id, tenant_id, store_id, occurred_at, received_at, source, terminal_id,
+             app_up, printer, network, software_version, content_hash)
+), k AS (
+    INSERT INTO event_keys (relation, tenant_id, store_id, event_id, occurred_at, content_hash)
+    SELECT 'pos_heartbeats', tenant_id, store_id, event_id, occurred_at, content_hash FROM src
+    ON CONFLICT DO NOTHING
+    RETURNING tenant_id, store_id, event_id
+), ins AS (
     INSERT INTO pos_heartbeats (event_id, tenant_id, store_id, occurred_at, received_at, source,
                                 terminal_id, app_up, printer, network, software_version,
                                 content_hash)
-    SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[],
-                         $6::text[], $7::text[], $8::bool[], $9::text[], $10::text[], $11::text[],
-                         $12::bytea[])
-    ON CONFLICT (tenant_id, store_id, event_id) DO NOTHING
+    SELECT s.event_id, s.tenant_id, s.store_id, s.occurred_at, s.received_at, s.source,
+           s.terminal_id, s.app_up, s.printer, s.network, s.software_version, s.content_hash
+    FROM src s JOIN k USING (tenant_id, store_id, event_id)
     RETURNING tenant_id, store_id, event_id, occurred_at, terminal_id, app_up, printer, network
-), new AS (
-    SELECT i.*, d.day,
-           set_bit(repeat('0', 1440)::bit(1440),
-                   floor(extract(epoch FROM i.occurred_at - d.day) / 60)::int, 1) AS minute
-    FROM ins i
-    CROSS JOIN LATERAL (SELECT date_trunc('day', i.occurred_at, 'UTC') AS day) d
-), daily AS (
-    INSERT INTO pos_uptime_daily (tenant_id, store_id, terminal_id, bucket, heartbeats,
-                                  heartbeats_app_up, heartbeats_printer_ok,
-                                  heartbeats_network_online, seen_minutes, up_minutes)
-    SELECT tenant_id, store_id, terminal_id, day,
-           count(*),
-           count(*) FILTER (WHERE app_up),
-           count(*) FILTER (WHERE printer = 'ok'),
-           count(*) FILTER (WHERE network = 'online'),
-           bit_or(minute),
-           coalesce(bit_or(minute) FILTER (WHERE app_up), repeat('0', 1440)::bit(1440))
-    FROM new
-    GROUP BY tenant_id, store_id, terminal_id, day
-    ON CONFLICT (tenant_id, store_id, terminal_id, bucket) DO UPDATE SET
-        heartbeats                = pos_uptime_daily.heartbeats + EXCLUDED.heartbeats,
-        heartbeats_app_up         = pos_uptime_daily.heartbeats_app_up + EXCLUDED.heartbeats_app_up,
-        heartbeats_printer_ok     = pos_uptime_daily.heartbeats_printer_ok + EXCLUDED.heartbeats_printer_ok,
-        heartbeats_network_online = pos_uptime_daily.heartbeats_network_online
-                                    + EXCLUDED.heartbeats_network_online,
-        seen_minutes              = pos_uptime_daily.seen_minutes | EXCLUDED.seen_minutes,
-        up_minutes                = pos_uptime_daily.up_minutes | EXCLUDED.up_minutes
 )
-SELECT tenant_id, store_id, event_id FROM ins

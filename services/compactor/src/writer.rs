@@ -5,18 +5,21 @@
 //! - the stored offset of each partition is locked (`FOR UPDATE`) and records below it
 //!   are skipped, so a batch re-read after a crash (or by a new partition owner) is
 //!   not applied twice;
-//! - every raw table is keyed by the scoped idempotency key
-//!   `(tenant_id, store_id, event_id)` with `ON CONFLICT DO NOTHING`, so the same
-//!   event published twice (a client retry) is one row. Each row keeps a content
-//!   hash; a record that reuses a stored key with a different payload is not
-//!   applied, counted (`storepulse_compactor_event_id_conflicts_total`) and recorded
-//!   in `event_id_conflicts` with its coordinates.
+//! - the scoped idempotency key `(tenant_id, store_id, event_id)` of every raw event
+//!   is inserted into the key ledger `event_keys` (per relation, with the content
+//!   hash) with `ON CONFLICT DO NOTHING`, and the raw row is inserted only for the
+//!   keys that statement inserted, so the same event published twice (a client
+//!   retry) is one row. The raw tables themselves carry no unique key, so they can be
+//!   partitioned by time (decision 0009). A record that reuses a stored key with a
+//!   different payload is not applied, counted
+//!   (`storepulse_compactor_event_id_conflicts_total`) and recorded in
+//!   `event_id_conflicts` with its coordinates.
 //!
-//! The analyst rollups (`sales_hourly`, `sales_daily`, `sensor_stats_5m`,
-//! `sensor_stats_hourly`, `pos_uptime_daily`) are maintained in the same transaction, by the statements
-//! that insert the raw rows: their increments come only from the rows those
-//! statements actually inserted (`RETURNING`), so a rollup always equals a recount
-//! of the raw tables (decision 0008).
+//! On plain PostgreSQL the analyst rollups (`sales_hourly`, `sales_daily`,
+//! `sensor_stats_5m`, `sensor_stats_hourly`, `pos_uptime_daily`) are maintained in the
+//! same transaction, by the statements that insert the raw rows: their increments
+//! come only from the rows those statements actually inserted (`RETURNING`), so a
+//! rollup always equals a recount of the raw tables (decision 0008).
 //!
 //! A value Postgres refuses fails the batch with a data error, which the consumer
 //! loop treats as [`Failure::Poison`]: it splits the batch until the record at fault
@@ -121,13 +124,65 @@ impl Relation {
         }
     }
 
-    fn insert_sql(self) -> &'static str {
-        match self {
-            Relation::Sales => include_str!("../sql/insert_sales.sql"),
-            Relation::Inventory => include_str!("../sql/insert_inventory.sql"),
-            Relation::Heartbeats => include_str!("../sql/insert_heartbeats.sql"),
-            Relation::Sensor => include_str!("../sql/insert_sensor_readings.sql"),
-            Relation::Rejected => include_str!("../sql/insert_rejected.sql"),
+    /// The statement that inserts the relation's rows: keys into `event_keys`, rows
+    /// for the keys inserted (CTE `ins`); with `rollups`, the rollup increments from
+    /// `ins` in the same statement (plain PostgreSQL, decision 0008). Selects the keys
+    /// inserted.
+    fn insert_sql(self, rollups: bool) -> String {
+        let (raw, rollup) = match self {
+            Relation::Sales => (include_str!("../sql/insert_sales.sql"), None),
+            Relation::Inventory => (include_str!("../sql/insert_inventory.sql"), None),
+            Relation::Heartbeats => (
+                include_str!("../sql/insert_heartbeats.sql"),
+                Some(include_str!("../sql/rollup_heartbeats.sql")),
+            ),
+            Relation::Sensor => (
+                include_str!("../sql/insert_sensor_readings.sql"),
+                Some(include_str!("../sql/rollup_sensor_readings.sql")),
+            ),
+            Relation::Rejected => (include_str!("../sql/insert_rejected.sql"), None),
+        };
+        compose(
+            raw,
+            rollup.filter(|_| rollups),
+            "SELECT tenant_id, store_id, event_id FROM ins",
+        )
+    }
+}
+
+/// One statement from an insert's CTEs, the optional rollup CTEs continuing them, and
+/// the final select.
+fn compose(raw: &str, rollup: Option<&str>, select: &str) -> String {
+    let mut sql = String::with_capacity(raw.len() + rollup.map_or(0, str::len) + select.len());
+    sql.push_str(raw.trim_end());
+    if let Some(rollup) = rollup {
+        sql.push('\n');
+        sql.push_str(rollup.trim_end());
+    }
+    sql.push('\n');
+    sql.push_str(select);
+    sql
+}
+
+/// The writer's statements for the read store's flavour.
+#[derive(Debug)]
+struct Statements {
+    insert: BTreeMap<Relation, String>,
+    sale_lines: String,
+}
+
+impl Statements {
+    fn new(rollups: bool) -> Self {
+        Self {
+            insert: Relation::ALL
+                .iter()
+                .map(|r| (*r, r.insert_sql(rollups)))
+                .collect(),
+            sale_lines: compose(
+                include_str!("../sql/insert_sale_lines.sql"),
+                Some(include_str!("../sql/rollup_sale_lines.sql")).filter(|_| rollups),
+                "SELECT count(*) FROM ins",
+            ),
         }
     }
 }
@@ -322,6 +377,7 @@ pub struct ReadStoreWriter {
     skipped: IntCounterVec,
     /// `storepulse_compactor_event_id_conflicts_total{table}`.
     conflicts: IntCounterVec,
+    statements: Statements,
 }
 
 impl ReadStoreWriter {
@@ -362,6 +418,7 @@ impl ReadStoreWriter {
             rows_written,
             skipped,
             conflicts,
+            statements: Statements::new(true),
         })
     }
 
@@ -414,7 +471,9 @@ impl ReadStoreWriter {
         standing: &mut HashMap<(Relation, EventKey), Option<Vec<u8>>>,
     ) -> Result<HashSet<EventKey>, WriteError> {
         let params = insert_params(relation, rows);
-        let stmt = tx.prepare_cached(relation.insert_sql()).await?;
+        let stmt = tx
+            .prepare_cached(&self.statements.insert[&relation])
+            .await?;
         let inserted: HashSet<EventKey> = tx
             .query(&stmt, &refs(&params))
             .await?
@@ -435,13 +494,14 @@ impl ReadStoreWriter {
         if existing.is_empty() {
             return Ok(inserted);
         }
-        let sql = include_str!("../sql/stored_hashes.sql").replace("{relation}", relation.table());
-        let stmt = tx.prepare_cached(&sql).await?;
+        let stmt = tx
+            .prepare_cached(include_str!("../sql/stored_hashes.sql"))
+            .await?;
         let tenants: Vec<&str> = existing.iter().map(|r| r.key.0.as_str()).collect();
         let stores: Vec<&str> = existing.iter().map(|r| r.key.1.as_str()).collect();
         let ids: Vec<Uuid> = existing.iter().map(|r| r.key.2).collect();
         let stored: HashMap<EventKey, Option<Vec<u8>>> = tx
-            .query(&stmt, &[&tenants, &stores, &ids])
+            .query(&stmt, &[&relation.table(), &tenants, &stores, &ids])
             .await?
             .iter()
             .map(|r| ((r.get(0), r.get(1), r.get(2)), r.get(3)))
@@ -514,9 +574,7 @@ impl ReadStoreWriter {
         if ids.is_empty() {
             return Ok(());
         }
-        let stmt = tx
-            .prepare_cached(include_str!("../sql/insert_sale_lines.sql"))
-            .await?;
+        let stmt = tx.prepare_cached(&self.statements.sale_lines).await?;
         let n: i64 = tx
             .query_one(
                 &stmt,
