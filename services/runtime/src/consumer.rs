@@ -17,9 +17,17 @@
 //! - offsets are committed to Kafka only after [`BatchProcessor::apply`] made the
 //!   batch durable — and processors that need exactness (the compactor) also store
 //!   them with their effects, see [`Batch::next_offsets`];
-//! - on shutdown the batch in hand is finished and committed before returning.
+//! - on shutdown the batch in hand is finished and committed before returning;
+//! - a processor that keeps per-partition state is told of every assignment before
+//!   the first batch holding records of the assigned partitions
+//!   ([`BatchProcessor::assigned`], retried like a batch), and of every revocation
+//!   ([`BatchProcessor::revoked`]);
+//! - a processor that asks for it ([`BatchProcessor::idle_tick`]) is told, about once
+//!   per tick, which assigned partitions delivered nothing while the loop kept up
+//!   ([`BatchProcessor::idle`]), and may then apply an empty batch (time moves on
+//!   for a partition nothing arrives on).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -121,6 +129,40 @@ pub trait BatchProcessor: Send {
 
     /// How the loop treats an apply error.
     fn classify(&self, error: &Self::Error) -> Failure;
+
+    /// Partitions (base topic, partition) were assigned to this member: restore
+    /// whatever state the processor keeps for them. Called before the first batch
+    /// holding their records; retried like [`BatchProcessor::apply`] after a
+    /// [`Failure::Transient`] error (any other error stops the service).
+    fn assigned(
+        &mut self,
+        partitions: &[(String, i32)],
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send {
+        let _ = partitions;
+        async { Ok(()) }
+    }
+
+    /// Partitions were revoked: drop their state. Records of them may still be in
+    /// the batch in hand; a processor keeping state must not apply those (their next
+    /// owner re-reads them from the last commit).
+    fn revoked(&mut self, partitions: &[(String, i32)]) {
+        let _ = partitions;
+    }
+
+    /// How often to call [`BatchProcessor::idle`]; `None` (the default): never.
+    fn idle_tick(&self) -> Option<Duration> {
+        None
+    }
+
+    /// The assigned partitions that delivered no record since the previous tick
+    /// (assigned before it, not held at an unknown schema), while the loop kept up
+    /// (no full batch since the previous tick: a saturated loop reports none).
+    /// Return true to have an empty batch applied now (through the same retries as
+    /// any batch), e.g. to move time on for those partitions.
+    fn idle(&mut self, partitions: &[(String, i32)]) -> bool {
+        let _ = partitions;
+        false
+    }
 }
 
 /// How the loop consumes.
@@ -193,24 +235,60 @@ impl ConsumerHealth {
     }
 }
 
-/// Logs rebalances and keeps the assigned-partitions gauge current.
+/// A change of assignment, for the loop to pass on to its processor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum RebalanceEvent {
+    Assigned(Vec<(String, i32)>),
+    Revoked(Vec<(String, i32)>),
+}
+
+/// Logs rebalances, keeps the assigned-partitions gauge current, and queues each
+/// change for the loop (the callbacks run inside a poll and cannot await).
 struct RebalanceObserver {
     metrics: ConsumerMetrics,
     prefix: String,
+    events: Arc<Mutex<Vec<RebalanceEvent>>>,
+}
+
+impl RebalanceObserver {
+    /// The (base topic, partition) pairs of `tpl`.
+    fn partitions(&self, tpl: &TopicPartitionList) -> Vec<(String, i32)> {
+        tpl.elements()
+            .iter()
+            .map(|e| {
+                let topic = e.topic().strip_prefix(&self.prefix).unwrap_or(e.topic());
+                (topic.to_string(), e.partition())
+            })
+            .collect()
+    }
+
+    fn queue(&self, event: RebalanceEvent) {
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(event);
+    }
 }
 
 impl ClientContext for RebalanceObserver {}
 
 impl ConsumerContext for RebalanceObserver {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            self.queue(RebalanceEvent::Revoked(self.partitions(tpl)));
+        }
+    }
+
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let mut counts: BTreeMap<String, i64> = BTreeMap::new();
         match rebalance {
             Rebalance::Assign(tpl) => {
-                for e in tpl.elements() {
-                    let topic = e.topic().strip_prefix(&self.prefix).unwrap_or(e.topic());
-                    *counts.entry(topic.to_string()).or_default() += 1;
+                let partitions = self.partitions(tpl);
+                for (topic, _) in &partitions {
+                    *counts.entry(topic.clone()).or_default() += 1;
                 }
                 info!(partitions = tpl.count(), "partitions assigned");
+                self.queue(RebalanceEvent::Assigned(partitions));
             }
             Rebalance::Revoke(tpl) => info!(partitions = tpl.count(), "partitions revoked"),
             Rebalance::Error(e) => warn!(error = %e, "rebalance error"),
@@ -259,6 +337,16 @@ pub struct BatchConsumer<P: BatchProcessor> {
     /// Held records whose hold ran out, by (base topic, partition, offset), with the
     /// reason they are dead-lettered when read again.
     given_up: HashMap<(String, i32, i64), String>,
+    /// Assignment changes queued by the rebalance callbacks, not yet handled.
+    rebalances: Arc<Mutex<Vec<RebalanceEvent>>>,
+    /// Assigned partitions and when they were assigned.
+    assigned: HashMap<(String, i32), Instant>,
+    /// Partitions that delivered a record since the last idle tick.
+    delivered: HashSet<(String, i32)>,
+    /// Whether a full batch was read since the last idle tick.
+    saturated: bool,
+    /// When the processor was last told of idle partitions.
+    last_idle_tick: Instant,
 }
 
 impl<P: BatchProcessor> std::fmt::Debug for BatchConsumer<P> {
@@ -300,6 +388,31 @@ async fn keep_polling<T>(
     }
 }
 
+/// What [`BatchConsumer::retrying`] makes durable.
+enum Work<'a, I> {
+    Apply(&'a Batch<I>),
+    Assign(&'a [(String, i32)]),
+}
+
+impl<I> Clone for Work<'_, I> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<I> Copy for Work<'_, I> {}
+
+/// Runs one piece of work on the processor.
+async fn perform<P: BatchProcessor>(
+    processor: &mut P,
+    work: Work<'_, P::Item>,
+) -> Result<(), P::Error> {
+    match work {
+        Work::Apply(batch) => processor.apply(batch).await,
+        Work::Assign(partitions) => processor.assigned(partitions).await,
+    }
+}
+
 /// Outcome of applying one (part of a) batch.
 enum Applied {
     Done,
@@ -328,6 +441,7 @@ impl<P: BatchProcessor> BatchConsumer<P> {
                 config.set(key, value);
             }
         }
+        let rebalances = Arc::new(Mutex::new(Vec::new()));
         let consumer: StreamConsumer<RebalanceObserver> = config
             .set("group.id", &settings.group_id)
             .set("enable.auto.commit", "false")
@@ -338,6 +452,7 @@ impl<P: BatchProcessor> BatchConsumer<P> {
             .create_with_context(RebalanceObserver {
                 metrics: metrics.clone(),
                 prefix: kafka.topic_prefix.clone(),
+                events: rebalances.clone(),
             })?;
         let topics: Vec<String> = settings.topics.iter().map(|t| kafka.topic(t)).collect();
         let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
@@ -355,6 +470,11 @@ impl<P: BatchProcessor> BatchConsumer<P> {
             blocked: HashMap::new(),
             last_registry_check: Instant::now(),
             given_up: HashMap::new(),
+            rebalances,
+            assigned: HashMap::new(),
+            delivered: HashSet::new(),
+            saturated: false,
+            last_idle_tick: Instant::now(),
         })
     }
 
@@ -367,9 +487,15 @@ impl<P: BatchProcessor> BatchConsumer<P> {
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), ConsumerError> {
         loop {
             let records = self.next_batch(&shutdown).await;
+            self.handle_rebalances(&shutdown).await?;
             if !records.is_empty() {
+                self.saturated |= records.len() >= self.settings.batch_max_records;
+                for r in &records {
+                    self.delivered.insert((r.topic.clone(), r.partition));
+                }
                 self.process(records, &shutdown).await?;
             }
+            self.tick_idle(&shutdown).await?;
             if !self.blocked.is_empty() && self.last_registry_check.elapsed() >= REGISTRY_RECHECK {
                 self.unblock_known().await;
             }
@@ -742,6 +868,16 @@ impl<P: BatchProcessor> BatchConsumer<P> {
         batch: &Batch<P::Item>,
         shutdown: &CancellationToken,
     ) -> Result<Applied, ConsumerError> {
+        self.retrying(Work::Apply(batch), shutdown).await
+    }
+
+    /// Performs `work`, retrying transient failures (partitions paused, still
+    /// polling) until it is done or refused.
+    async fn retrying(
+        &mut self,
+        work: Work<'_, P::Item>,
+        shutdown: &CancellationToken,
+    ) -> Result<Applied, ConsumerError> {
         let mut backoff = Backoff::new();
         let mut paused = false;
         let outcome = loop {
@@ -752,11 +888,11 @@ impl<P: BatchProcessor> BatchConsumer<P> {
                     &self.consumer,
                     &self.kafka,
                     &mut self.pending,
-                    self.processor.apply(batch),
+                    perform(&mut self.processor, work),
                 )
                 .await
             } else {
-                self.processor.apply(batch).await
+                perform(&mut self.processor, work).await
             };
             let e = match result {
                 Ok(()) => break Ok(Applied::Done),
@@ -787,6 +923,82 @@ impl<P: BatchProcessor> BatchConsumer<P> {
             self.resume_all();
         }
         outcome
+    }
+
+    /// Passes queued assignment changes on to the processor, in order.
+    async fn handle_rebalances(
+        &mut self,
+        shutdown: &CancellationToken,
+    ) -> Result<(), ConsumerError> {
+        loop {
+            let events: Vec<RebalanceEvent> =
+                std::mem::take(&mut *self.rebalances.lock().unwrap_or_else(|e| e.into_inner()));
+            if events.is_empty() {
+                return Ok(());
+            }
+            for event in events {
+                match event {
+                    RebalanceEvent::Revoked(partitions) => {
+                        for tp in &partitions {
+                            self.assigned.remove(tp);
+                            self.delivered.remove(tp);
+                        }
+                        self.processor.revoked(&partitions);
+                    }
+                    RebalanceEvent::Assigned(partitions) => {
+                        let now = Instant::now();
+                        for tp in &partitions {
+                            self.assigned.insert(tp.clone(), now);
+                        }
+                        if let Applied::Refused(reason) =
+                            self.retrying(Work::Assign(&partitions), shutdown).await?
+                        {
+                            return Err(ConsumerError::Apply(
+                                format!("restoring assigned partitions failed: {reason}").into(),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Tells the processor, once per its idle tick, which partitions delivered
+    /// nothing, and applies an empty batch if it asks for one.
+    async fn tick_idle(&mut self, shutdown: &CancellationToken) -> Result<(), ConsumerError> {
+        let Some(every) = self.processor.idle_tick() else {
+            return Ok(());
+        };
+        if self.last_idle_tick.elapsed() < every {
+            return Ok(());
+        }
+        let previous = std::mem::replace(&mut self.last_idle_tick, Instant::now());
+        let delivered = std::mem::take(&mut self.delivered);
+        if std::mem::replace(&mut self.saturated, false) {
+            return Ok(());
+        }
+        let mut idle: Vec<(String, i32)> = self
+            .assigned
+            .iter()
+            .filter(|(tp, since)| {
+                **since <= previous && !delivered.contains(*tp) && !self.blocked.contains_key(*tp)
+            })
+            .map(|(tp, _)| tp.clone())
+            .collect();
+        idle.sort();
+        if !self.processor.idle(&idle) {
+            return Ok(());
+        }
+        let empty = Batch {
+            items: Vec::new(),
+            next_offsets: BTreeMap::new(),
+        };
+        if let Applied::Refused(reason) = self.apply_retrying(&empty, shutdown).await? {
+            return Err(ConsumerError::Apply(
+                format!("an idle tick was refused: {reason}").into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Splits a refused batch until each refused record is alone, applying the good
@@ -824,6 +1036,9 @@ impl<P: BatchProcessor> BatchConsumer<P> {
     }
 
     fn commit(&self, next_offsets: &BTreeMap<(String, i32), i64>, shutdown: &CancellationToken) {
+        if next_offsets.is_empty() {
+            return;
+        }
         let mut tpl = TopicPartitionList::new();
         for ((topic, partition), next) in next_offsets {
             if let Err(e) = tpl.add_partition_offset(
