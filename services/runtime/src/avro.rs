@@ -496,6 +496,8 @@ mod tests {
             value: Some(-9.5),
             started_at: 1,
             labels,
+            ended_at: Some(2),
+            rule_kind: Some("threshold".into()),
         };
         let bytes = codec.encode(&alert).expect("encode");
         assert_eq!(
@@ -559,6 +561,49 @@ mod tests {
         assert_eq!(read.appliance, None, "new field takes its default");
     }
 
+    /// Alerts written before v1.1 (no `ended_at`, `rule_kind`) read with today's
+    /// schema: the bundled history registers v1.0, the new fields take their defaults.
+    #[test]
+    fn alert_transition_v1_0_resolves_to_current_reader() {
+        #[derive(Serialize)]
+        struct AlertV1_0 {
+            envelope: Envelope,
+            alert_id: String,
+            rule_id: String,
+            state: AlertState,
+            severity: AlertSeverity,
+            subject: String,
+            summary: String,
+            value: Option<f64>,
+            started_at: i64,
+            labels: HashMap<String, String>,
+        }
+        let v1_0 = Schema::parse_str(include_str!(
+            "../../../schemas/history/alert_transition.v1.0.avsc"
+        ))
+        .expect("v1.0 schema");
+        let old = AlertV1_0 {
+            envelope: envelope(),
+            alert_id: "a".into(),
+            rule_id: "freezer-warm".into(),
+            state: AlertState::Resolved,
+            severity: AlertSeverity::Critical,
+            subject: "freezer-1".into(),
+            summary: "warm".into(),
+            value: Some(-9.5),
+            started_at: 7,
+            labels: HashMap::new(),
+        };
+        let bytes = AvroCodec::encode_with(&v1_0, &old).expect("encode v1.0");
+        let read = AvroCodec::new()
+            .decode::<AlertTransition>(&bytes)
+            .expect("v1.0 is bundled history");
+        assert_eq!(read.alert_id, "a");
+        assert_eq!(read.started_at, 7);
+        assert_eq!(read.ended_at, None);
+        assert_eq!(read.rule_kind, None);
+    }
+
     #[test]
     fn garbage_is_a_clear_error() {
         let codec = AvroCodec::new();
@@ -607,7 +652,10 @@ mod tests {
         assert_eq!(wire::<RejectedRecord>(), "249df994bc33d87e");
         let v1_0 = historical_schemas();
         assert_eq!(hex_string(&fingerprint(&v1_0[0])), "b9b4440e7605838f");
-        assert_eq!(wire::<AlertTransition>(), "810fdda769e9af60");
+        // 1.1 added ended_at/rule_kind; fastavro computes 7c028058e15ed3a8 for the
+        // new file and 810fdda769e9af60 for schemas/history/alert_transition.v1.0.avsc.
+        assert_eq!(wire::<AlertTransition>(), "7c028058e15ed3a8");
+        assert_eq!(hex_string(&fingerprint(&v1_0[1])), "810fdda769e9af60");
         assert_eq!(wire::<DemandForecast>(), "ccf0055463cd4699");
         assert_eq!(wire::<NotificationOutcome>(), "39496ea048fe0913");
 
@@ -783,6 +831,8 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            ended_at: None,
+            rule_kind: None,
         }
     }
 

@@ -306,6 +306,12 @@ pub struct AlertTransition {
     pub value: Option<f64>,
     pub started_at: i64,
     pub labels: HashMap<String, String>,
+    /// Resolved only: event time the condition ended (added in v1.1).
+    #[serde(default)]
+    pub ended_at: Option<i64>,
+    /// Kind of the rule that decided it (added in v1.1).
+    #[serde(default)]
+    pub rule_kind: Option<String>,
 }
 record!(AlertTransition, "alert_transition.avsc", topic::ALERTS);
 
@@ -400,9 +406,10 @@ impl From<Vec<u8>> for AvroBytes {
 /// Earlier versions of the bundled schemas (`schemas/history/`): never written by
 /// this build, still read, since records written with them remain on the topics.
 pub fn historical_schemas() -> Vec<Schema> {
-    [include_str!(
-        "../../../schemas/history/rejected_record.v1.0.avsc"
-    )]
+    [
+        include_str!("../../../schemas/history/rejected_record.v1.0.avsc"),
+        include_str!("../../../schemas/history/alert_transition.v1.0.avsc"),
+    ]
     .iter()
     .filter_map(|text| Schema::parse_str(text).ok())
     .collect()

@@ -254,6 +254,8 @@ fn fastavro_reads_and_writes_every_topic_record() {
             summary: "warm".into(),
             value,
             started_at: 1_700_000_000_000_001,
+            ended_at: value.map(|_| 1_700_000_000_000_002),
+            rule_kind: value.map(|_| "threshold".to_string()),
             labels,
         }),
         &[],
