@@ -1,8 +1,16 @@
-//! Rules evaluator. Will evaluate threshold, absence, rate-of-change, stock and forecast rules per store in event time and emit alert lifecycle events to alerts.v1.
+//! Rules evaluator: stateful, event-time alert rules over the store topics.
 //!
-//! In this release the service is a shell: configuration, the ops endpoints
-//! (`/metrics`, `/healthz`, `/readyz`) and graceful shutdown, via
-//! [`storepulse_runtime::service_shell`]. It consumes and produces nothing yet.
+//! It consumes `pos.sales.v1`, `pos.inventory.v1`, `pos.device.v1`,
+//! `sensor.readings.v1` and `forecasts.v1`, evaluates the rules of a rule file
+//! ([`rule_file`]) per store in event time ([`engine`]), and emits each alert's
+//! lifecycle (`Firing`, then `Resolved`) to `alerts.v1`.
+
+pub mod calendar;
+pub mod engine;
+pub mod machines;
+pub mod observation;
+pub mod rule_file;
+pub mod span;
 
 use storepulse_runtime::config::{ConfigError, ConfigSource};
 use storepulse_runtime::service_shell::{ShellConfig, run_shell};
