@@ -212,7 +212,11 @@ pub async fn run(opts: DevOptions, shutdown: CancellationToken) -> anyhow::Resul
             match name {
                 "rules" => storepulse_rules::run_with_listener(cfg, l, token).await,
                 "forecaster" => storepulse_forecaster::run_with_listener(cfg, l, token).await,
-                _ => storepulse_notifier::run_with_listener(cfg, l, token).await,
+                // The notifier needs a policy file and receivers: dev shows its
+                // ops endpoints only (run it with `storepulse run notifier`).
+                _ => storepulse_runtime::service_shell::run_shell("notifier", &cfg, l, token)
+                    .await
+                    .map_err(anyhow::Error::from),
             }
         });
     }

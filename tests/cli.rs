@@ -114,4 +114,9 @@ fn the_example_config_is_valid_and_matches_the_defaults() {
     assert_eq!(pg.statement_timeout_ms, 30_000);
     let _: storepulse_runtime::KafkaConfig = src.section("kafka").expect("kafka");
     let _: storepulse_runtime::LogConfig = src.section("log").expect("log");
+    let notifier: storepulse_notifier::NotifierSettings =
+        src.section("notifier").expect("notifier");
+    let defaults = storepulse_notifier::NotifierSettings::default();
+    assert_eq!(notifier.policy_file, defaults.policy_file);
+    assert_eq!(notifier.batch_max_wait_ms, defaults.batch_max_wait_ms);
 }

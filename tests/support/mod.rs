@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod recording_http;
 pub mod recount;
 
 use std::collections::HashMap;

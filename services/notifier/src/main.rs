@@ -5,11 +5,11 @@ use std::path::PathBuf;
 use clap::Parser;
 use storepulse_runtime::{ConfigSource, shutdown};
 
-/// Alert notifier. Will route alert transitions to webhook, WhatsApp Business, email and Slack receivers, recording outcomes on notifications.v1.
-///
-/// THIS RELEASE: a service shell only. It serves /metrics, /healthz and /readyz on
-/// notifier.http_listen (default 9105) and stops cleanly on SIGTERM; it does not consume
-/// or produce any records yet.
+/// Alert notifier: consumes alerts.v1, routes each transition with the policy file
+/// (notifier.policy_file), delivers grouped notifications to webhook receivers with
+/// retries, records every outcome in its delivery ledger (Postgres schema `notifier`)
+/// and on notifications.v1. Serves /metrics, /healthz and /readyz on
+/// notifier.http_listen (default 9105); stops cleanly on SIGTERM.
 ///
 /// Configuration: --config FILE (or STOREPULSE_CONFIG), overridden by
 /// STOREPULSE_<SECTION>__<KEY> variables.

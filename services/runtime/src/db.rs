@@ -63,6 +63,27 @@ pub const MIGRATIONS: &[Migration] = &[
 /// Arbitrary constant naming the migration advisory lock.
 const MIGRATION_LOCK: i64 = 0x5354_5055_4c53_4501;
 
+/// A list of migrations with its own bookkeeping table and lock: the read store's
+/// ([`MIGRATIONS`]) or a service's own schema (the notifier's `notifier` schema).
+#[derive(Debug, Clone, Copy)]
+pub struct MigrationSet {
+    /// Postgres schema created before anything else (`None`: the search path's).
+    pub schema: Option<&'static str>,
+    /// Table recording applied versions, e.g. `schema_migrations`.
+    pub table: &'static str,
+    /// Advisory lock serialising pods that start together.
+    pub lock: i64,
+    pub migrations: &'static [Migration],
+}
+
+/// The read store's migrations.
+pub const READ_STORE: MigrationSet = MigrationSet {
+    schema: None,
+    table: "schema_migrations",
+    lock: MIGRATION_LOCK,
+    migrations: MIGRATIONS,
+};
+
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     #[error("postgres: {}", describe(.0))]
@@ -135,7 +156,7 @@ fn checksum(sql: &str) -> String {
     format!("{h:016x}")
 }
 
-/// Applies pending migrations; returns the versions applied now.
+/// Applies pending read-store migrations; returns the versions applied now.
 pub async fn migrate(pool: &Pool) -> Result<Vec<i32>, DbError> {
     migrate_to(pool, None).await
 }
@@ -144,6 +165,20 @@ pub async fn migrate(pool: &Pool) -> Result<Vec<i32>, DbError> {
 /// versions applied now. Tests use a bound to build a read store as an older release
 /// left it.
 pub async fn migrate_to(pool: &Pool, last: Option<i32>) -> Result<Vec<i32>, DbError> {
+    migrate_set_to(pool, &READ_STORE, last).await
+}
+
+/// Applies the pending migrations of `set`; returns the versions applied now.
+pub async fn migrate_set(pool: &Pool, set: &MigrationSet) -> Result<Vec<i32>, DbError> {
+    migrate_set_to(pool, set, None).await
+}
+
+/// Applies the pending migrations of `set` up to version `last` (all with `None`).
+pub async fn migrate_set_to(
+    pool: &Pool,
+    set: &MigrationSet,
+    last: Option<i32>,
+) -> Result<Vec<i32>, DbError> {
     let mut client = pool.get().await?;
     // Migrations may wait for another pod's lock and run long DDL: no session timeouts
     // here (RESET afterwards restores the pool's).
@@ -151,11 +186,11 @@ pub async fn migrate_to(pool: &Pool, last: Option<i32>) -> Result<Vec<i32>, DbEr
         .batch_execute("SET statement_timeout = 0; SET lock_timeout = 0")
         .await?;
     client
-        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+        .execute("SELECT pg_advisory_lock($1)", &[&set.lock])
         .await?;
-    let result = apply_pending(&mut client, last).await;
+    let result = apply_pending(&mut client, set, last).await;
     let unlock = client
-        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+        .execute("SELECT pg_advisory_unlock($1)", &[&set.lock])
         .await;
     client
         .batch_execute("RESET statement_timeout; RESET lock_timeout")
@@ -167,28 +202,38 @@ pub async fn migrate_to(pool: &Pool, last: Option<i32>) -> Result<Vec<i32>, DbEr
 
 async fn apply_pending(
     client: &mut deadpool_postgres::Object,
+    set: &MigrationSet,
     last: Option<i32>,
 ) -> Result<Vec<i32>, DbError> {
+    let table = match set.schema {
+        Some(schema) => {
+            client
+                .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+                .await?;
+            format!("{schema}.{}", set.table)
+        }
+        None => set.table.to_string(),
+    };
     client
-        .batch_execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (
+        .batch_execute(&format!(
+            "CREATE TABLE IF NOT EXISTS {table} (
                 version    integer PRIMARY KEY,
                 name       text NOT NULL,
                 checksum   text NOT NULL,
-                applied_at timestamptz NOT NULL DEFAULT now())",
-        )
+                applied_at timestamptz NOT NULL DEFAULT now())"
+        ))
         .await?;
     let rows = client
         .query(
-            "SELECT version, name, checksum FROM schema_migrations ORDER BY version",
+            &format!("SELECT version, name, checksum FROM {table} ORDER BY version"),
             &[],
         )
         .await?;
-    let latest_known = MIGRATIONS.last().map_or(0, |m| m.version);
+    let latest_known = set.migrations.last().map_or(0, |m| m.version);
     for row in &rows {
         let version: i32 = row.get(0);
         let applied_sum: String = row.get(2);
-        match MIGRATIONS.iter().find(|m| m.version == version) {
+        match set.migrations.iter().find(|m| m.version == version) {
             Some(m) if checksum(m.sql) != applied_sum => {
                 return Err(DbError::MigrationDrift {
                     version,
@@ -202,7 +247,8 @@ async fn apply_pending(
         }
     }
     let mut applied = Vec::new();
-    for m in MIGRATIONS
+    for m in set
+        .migrations
         .iter()
         .filter(|m| last.is_none_or(|last| m.version <= last))
     {
@@ -212,7 +258,7 @@ async fn apply_pending(
         let tx = client.transaction().await?;
         tx.batch_execute(m.sql).await?;
         tx.execute(
-            "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+            &format!("INSERT INTO {table} (version, name, checksum) VALUES ($1, $2, $3)"),
             &[&m.version, &m.name, &checksum(m.sql)],
         )
         .await?;
@@ -221,6 +267,24 @@ async fn apply_pending(
         applied.push(m.version);
     }
     Ok(applied)
+}
+
+/// How a Postgres error bears on a batch: the connection (retry), the data (isolate
+/// the record), or the deployment (stop).
+pub fn classify_postgres(e: &tokio_postgres::Error) -> crate::consumer::Failure {
+    use crate::consumer::Failure;
+    let Some(code) = e.code() else {
+        // No SQLSTATE: the connection broke or could not be made.
+        return Failure::Transient;
+    };
+    let c = code.code();
+    match c {
+        _ if c.starts_with("08") => Failure::Transient,
+        "57P01" | "57P02" | "57P03" => Failure::Transient,
+        "40001" | "40P01" | "57014" | "55P03" => Failure::Transient,
+        _ if c.starts_with("22") || c.starts_with("23") || c.starts_with("54") => Failure::Poison,
+        _ => Failure::Fatal,
+    }
 }
 
 /// A `/readyz` check that Postgres answers.

@@ -1,0 +1,570 @@
+//! Delivery workers: one task per receiver sends that receiver's pending messages.
+//!
+//! Guarantees:
+//! - receivers are independent: a slow or dead receiver delays only itself, and its
+//!   failures never make another receiver resend;
+//! - a message is retried on retryable errors with exponential backoff and jitter
+//!   (honouring `Retry-After`, capped at `backoff_max`), at most `max_attempts` per
+//!   channel; a channel that fails for good falls back to the receiver's next one;
+//!   after the last channel: a `failed` outcome and a dead letter in the ledger;
+//! - the ledger is updated after the remote's answer and before the outcome record
+//!   is published; outcomes not yet published (a crash in between) are published
+//!   when the worker next runs, each with a deterministic event id.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use rand::Rng;
+use storepulse_runtime::EventProducer;
+use storepulse_runtime::records::{
+    Channel, DeliveryStatus, Envelope, NotificationOutcome, NotifiedState, to_micros,
+};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+use uuid::Uuid;
+
+use crate::channels::{Outgoing, SendError, send_once};
+use crate::grouping::{GroupClock, Planned, Timings};
+use crate::ledger::{Final, Ledger, LedgerError};
+use crate::policy::{ChannelSpec, Policy, Receiver, RetryPolicy};
+
+/// Namespace of outcome event ids (UUIDv5 over transition, receiver and status).
+const OUTCOME_NAMESPACE: Uuid = Uuid::from_u128(0x6e6f_7469_6669_6572_2d6f_7574_636f_6d65);
+/// Most pending deliveries a worker looks at per round.
+const PENDING_LIMIT: i64 = 5_000;
+/// Longest sleep between rounds with nothing due (a safety net; wake-ups come sooner).
+const IDLE_POLL: Duration = Duration::from_secs(1);
+/// Pause after a ledger error before the worker tries again.
+const LEDGER_RETRY: Duration = Duration::from_secs(1);
+
+/// Delivery metrics (`storepulse_notifier_*`).
+#[derive(Debug, Clone)]
+pub struct DeliveryMetrics {
+    /// Final outcomes per channel and status.
+    pub outcomes: IntCounterVec,
+    /// Send attempts per channel and result (ok, retryable, permanent).
+    pub attempts: IntCounterVec,
+    /// Seconds from a transition entering the ledger to its message being delivered.
+    pub latency: HistogramVec,
+}
+
+impl DeliveryMetrics {
+    pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let outcomes = IntCounterVec::new(
+            Opts::new(
+                "notifier_deliveries_total",
+                "Alert transitions finished per receiver channel, by final status",
+            ),
+            &["channel", "status"],
+        )?;
+        let attempts = IntCounterVec::new(
+            Opts::new(
+                "notifier_send_attempts_total",
+                "Send attempts by channel and result",
+            ),
+            &["channel", "result"],
+        )?;
+        let latency = HistogramVec::new(
+            HistogramOpts::new(
+                "notifier_delivery_latency_seconds",
+                "From a transition entering the ledger to its message being delivered",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0,
+            ]),
+            &["channel"],
+        )?;
+        registry.register(Box::new(outcomes.clone()))?;
+        registry.register(Box::new(attempts.clone()))?;
+        registry.register(Box::new(latency.clone()))?;
+        Ok(Self {
+            outcomes,
+            attempts,
+            latency,
+        })
+    }
+}
+
+/// What every worker shares.
+#[derive(Clone)]
+pub struct DeliveryContext {
+    pub ledger: Ledger,
+    pub producer: EventProducer,
+    pub http: reqwest::Client,
+    pub policy: watch::Receiver<Arc<Policy>>,
+    /// Bumped whenever new deliveries were recorded.
+    pub wake: watch::Receiver<u64>,
+    pub metrics: DeliveryMetrics,
+}
+
+impl std::fmt::Debug for DeliveryContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeliveryContext").finish_non_exhaustive()
+    }
+}
+
+/// Keeps one worker per receiver of the current policy until `shutdown`.
+pub async fn supervise(
+    ctx: DeliveryContext,
+    shutdown: CancellationToken,
+) -> Result<(), LedgerError> {
+    let mut policy_rx = ctx.policy.clone();
+    let mut workers: HashMap<String, (CancellationToken, tokio::task::JoinHandle<()>)> =
+        HashMap::new();
+    loop {
+        let names: Vec<String> = policy_rx
+            .borrow_and_update()
+            .receivers
+            .keys()
+            .cloned()
+            .collect();
+        workers.retain(|name, (token, handle)| {
+            let keep = names.contains(name) && !handle.is_finished();
+            if !keep {
+                token.cancel();
+            }
+            keep
+        });
+        for name in names {
+            if workers.contains_key(&name) {
+                continue;
+            }
+            let token = shutdown.child_token();
+            let worker = Worker::new(ctx.clone(), name.clone());
+            let handle = tokio::spawn(worker.run(token.clone()));
+            info!(receiver = %name, "delivery worker started");
+            workers.insert(name, (token, handle));
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            changed = policy_rx.changed() => if changed.is_err() { break },
+        }
+    }
+    for (_, (token, handle)) in workers {
+        token.cancel();
+        let _ = handle.await;
+    }
+    Ok(())
+}
+
+struct PolicyTimings<'a>(&'a Policy);
+
+impl Timings for PolicyTimings<'_> {
+    fn group_wait(&self, route: &str) -> Duration {
+        self.0
+            .route_at(route)
+            .map_or(self.0.root.timing.group_wait, |r| r.timing.group_wait)
+    }
+    fn group_interval(&self, route: &str) -> Duration {
+        self.0
+            .route_at(route)
+            .map_or(self.0.root.timing.group_interval, |r| {
+                r.timing.group_interval
+            })
+    }
+}
+
+/// Sends one receiver's messages.
+struct Worker {
+    ctx: DeliveryContext,
+    receiver: String,
+    clock: GroupClock,
+}
+
+/// How a message ended.
+enum Sent {
+    Done,
+    /// Shutdown came first; the ledger still says pending.
+    Interrupted,
+}
+
+impl Worker {
+    fn new(ctx: DeliveryContext, receiver: String) -> Self {
+        Self {
+            ctx,
+            receiver,
+            clock: GroupClock::default(),
+        }
+    }
+
+    async fn run(mut self, shutdown: CancellationToken) {
+        let mut wake = self.ctx.wake.clone();
+        while !shutdown.is_cancelled() {
+            wake.borrow_and_update();
+            let next = match self.round(&shutdown).await {
+                Ok(next) => next,
+                Err(e) => {
+                    warn!(receiver = %self.receiver, error = %e, "delivery ledger unavailable; retrying");
+                    Some(LEDGER_RETRY)
+                }
+            };
+            let Some(wait) = next else { continue };
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = wake.changed() => {}
+                _ = tokio::time::sleep(wait.min(IDLE_POLL)) => {}
+            }
+        }
+        debug!(receiver = %self.receiver, "delivery worker stopped");
+    }
+
+    /// Publishes pending outcomes, sends what is due; returns how long to wait
+    /// before the next round (`None`: go again at once).
+    async fn round(
+        &mut self,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<Duration>, LedgerError> {
+        self.publish_outcomes().await?;
+        let policy = self.ctx.policy.borrow().clone();
+        let Some(receiver) = policy.receivers.get(&self.receiver).cloned() else {
+            return Ok(Some(IDLE_POLL));
+        };
+        let pending = self
+            .ctx
+            .ledger
+            .pending(&self.receiver, PENDING_LIMIT)
+            .await?;
+        let now = Utc::now();
+        let plan = self.clock.plan(pending, &PolicyTimings(&policy), now);
+        let sent_any = !plan.messages.is_empty();
+        for planned in plan.messages {
+            if shutdown.is_cancelled() {
+                return Ok(None);
+            }
+            let key = planned.group_key.clone();
+            if let Sent::Interrupted = self.send(&receiver, planned, shutdown).await? {
+                return Ok(None);
+            }
+            self.clock.sent(&key, Utc::now());
+            self.publish_outcomes().await?;
+        }
+        if sent_any {
+            return Ok(None);
+        }
+        Ok(Some(plan.next_due.map_or(IDLE_POLL, |due| {
+            (due - Utc::now()).to_std().unwrap_or(Duration::ZERO)
+        })))
+    }
+
+    async fn send(
+        &self,
+        receiver: &Receiver,
+        planned: Planned,
+        shutdown: &CancellationToken,
+    ) -> Result<Sent, LedgerError> {
+        let transitions: Vec<String> = planned
+            .deliveries
+            .iter()
+            .map(|d| d.transition_id.clone())
+            .collect();
+        let message_id = match planned.message_id {
+            Some(id) => id,
+            None => {
+                let id = Uuid::new_v4();
+                self.ctx
+                    .ledger
+                    .assign(&self.receiver, &transitions, id)
+                    .await?;
+                id
+            }
+        };
+        let message = Outgoing {
+            message_id,
+            body: body(&self.receiver, message_id, &planned),
+        };
+        let mut attempts = 0i32;
+        let mut last_error = String::new();
+        let mut last_channel = "webhook";
+        for (i, channel) in receiver.channels.iter().enumerate() {
+            let kind = channel_name(channel);
+            last_channel = kind;
+            match try_channel(
+                &self.ctx,
+                channel,
+                &receiver.retry,
+                &message,
+                shutdown,
+                &mut attempts,
+            )
+            .await
+            {
+                ChannelResult::Delivered => {
+                    self.ctx
+                        .ledger
+                        .finish(
+                            &self.receiver,
+                            message_id,
+                            Final::Delivered,
+                            kind,
+                            attempts,
+                            None,
+                        )
+                        .await?;
+                    let now = Utc::now();
+                    for d in &planned.deliveries {
+                        let secs =
+                            (now - d.received_at).num_microseconds().unwrap_or(0) as f64 / 1e6;
+                        self.ctx
+                            .metrics
+                            .latency
+                            .with_label_values(&[kind])
+                            .observe(secs.max(0.0));
+                    }
+                    self.ctx
+                        .metrics
+                        .outcomes
+                        .with_label_values(&[kind, "delivered"])
+                        .inc_by(planned.deliveries.len() as u64);
+                    info!(receiver = %self.receiver, %message_id, channel = kind, alerts = planned.deliveries.len(), attempts, "notification delivered");
+                    return Ok(Sent::Done);
+                }
+                ChannelResult::Interrupted => return Ok(Sent::Interrupted),
+                ChannelResult::Failed(e) => {
+                    if i + 1 < receiver.channels.len() {
+                        warn!(receiver = %self.receiver, %message_id, channel = kind, error = %e, "channel failed for good; falling back to the next channel");
+                    }
+                    last_error = format!("{kind}: {e}");
+                }
+            }
+        }
+        error!(receiver = %self.receiver, %message_id, error = %last_error, attempts, "notification failed on every channel; dead-lettered");
+        self.ctx
+            .ledger
+            .dead_letter(
+                &self.receiver,
+                message_id,
+                &transitions,
+                &message.body,
+                attempts,
+                &last_error,
+            )
+            .await?;
+        self.ctx
+            .ledger
+            .finish(
+                &self.receiver,
+                message_id,
+                Final::Failed,
+                last_channel,
+                attempts,
+                Some(&last_error),
+            )
+            .await?;
+        self.ctx
+            .metrics
+            .outcomes
+            .with_label_values(&[last_channel, "failed"])
+            .inc_by(planned.deliveries.len() as u64);
+        Ok(Sent::Done)
+    }
+
+    /// Publishes the outcome records the ledger has not yet seen published.
+    async fn publish_outcomes(&self) -> Result<(), LedgerError> {
+        let finished = self.ctx.ledger.unpublished(&self.receiver, 1_000).await?;
+        if finished.is_empty() {
+            return Ok(());
+        }
+        let now = to_micros(Utc::now());
+        let sends = finished.iter().map(|f| {
+            let status = match f.status.as_str() {
+                "delivered" => DeliveryStatus::Delivered,
+                "failed" => DeliveryStatus::Failed,
+                _ => DeliveryStatus::Suppressed,
+            };
+            let outcome = NotificationOutcome {
+                envelope: Envelope {
+                    event_id: Uuid::new_v5(
+                        &OUTCOME_NAMESPACE,
+                        format!("{}|{}|{}", f.transition_id, self.receiver, f.status).as_bytes(),
+                    )
+                    .to_string(),
+                    tenant_id: f.tenant_id.clone(),
+                    store_id: f.store_id.clone(),
+                    occurred_at: now,
+                    received_at: now,
+                    source: "notifier".into(),
+                },
+                alert_id: f.alert_id.clone(),
+                alert_state: if f.alert_state == "resolved" {
+                    NotifiedState::Resolved
+                } else {
+                    NotifiedState::Firing
+                },
+                receiver: self.receiver.clone(),
+                channel: channel_kind(f.channel.as_deref()),
+                status,
+                attempts: f.attempts,
+                error: f.error.clone(),
+            };
+            let producer = self.ctx.producer.clone();
+            async move { producer.send(&outcome).await }
+        });
+        let results = futures::future::join_all(sends).await;
+        let mut published = Vec::new();
+        for (f, r) in finished.iter().zip(results) {
+            match r {
+                Ok(_) => published.push(f.transition_id.clone()),
+                Err(e) => {
+                    warn!(receiver = %self.receiver, error = %e, "outcome not published yet; will retry")
+                }
+            }
+        }
+        self.ctx
+            .ledger
+            .mark_published(&self.receiver, &published)
+            .await
+    }
+}
+
+enum ChannelResult {
+    Delivered,
+    Interrupted,
+    Failed(String),
+}
+
+/// Tries one channel up to `max_attempts` times.
+async fn try_channel(
+    ctx: &DeliveryContext,
+    channel: &ChannelSpec,
+    retry: &RetryPolicy,
+    message: &Outgoing,
+    shutdown: &CancellationToken,
+    attempts: &mut i32,
+) -> ChannelResult {
+    let kind = channel_name(channel);
+    for attempt in 1..=retry.max_attempts {
+        *attempts += 1;
+        let result = tokio::select! {
+            _ = shutdown.cancelled() => return ChannelResult::Interrupted,
+            r = send_once(&ctx.http, channel, message) => r,
+        };
+        match result {
+            Ok(()) => {
+                ctx.metrics.attempts.with_label_values(&[kind, "ok"]).inc();
+                return ChannelResult::Delivered;
+            }
+            Err(SendError::Permanent(e)) => {
+                ctx.metrics
+                    .attempts
+                    .with_label_values(&[kind, "permanent"])
+                    .inc();
+                return ChannelResult::Failed(e);
+            }
+            Err(SendError::Retryable {
+                reason,
+                retry_after,
+            }) => {
+                ctx.metrics
+                    .attempts
+                    .with_label_values(&[kind, "retryable"])
+                    .inc();
+                if attempt == retry.max_attempts {
+                    return ChannelResult::Failed(format!("{reason} (after {attempt} tries)"));
+                }
+                let wait = backoff(retry, attempt, retry_after, &mut rand::rng());
+                debug!(message_id = %message.message_id, attempt, ?wait, error = %reason, "retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return ChannelResult::Interrupted,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+    }
+    ChannelResult::Failed("no attempt made".into())
+}
+
+/// Delay before try `attempt + 1`: `initial × 2^(attempt-1)`, capped at `max`, with
+/// jitter in its upper half; a `Retry-After` wins when longer (still capped).
+pub fn backoff(
+    retry: &RetryPolicy,
+    attempt: u32,
+    retry_after: Option<Duration>,
+    rng: &mut impl Rng,
+) -> Duration {
+    let exp = retry
+        .backoff_initial
+        .saturating_mul(
+            1u32.checked_shl(attempt.saturating_sub(1))
+                .unwrap_or(u32::MAX),
+        )
+        .min(retry.backoff_max);
+    let half = exp / 2;
+    let jittered = half + half.mul_f64(rng.random::<f64>());
+    match retry_after {
+        Some(ra) => ra.max(jittered).min(retry.backoff_max),
+        None => jittered,
+    }
+}
+
+fn channel_name(c: &ChannelSpec) -> &'static str {
+    match c.kind() {
+        Channel::Webhook => "webhook",
+        Channel::WhatsApp => "whatsapp",
+        Channel::Email => "email",
+        Channel::Slack => "slack",
+    }
+}
+
+fn channel_kind(name: Option<&str>) -> Channel {
+    match name {
+        Some("whatsapp") => Channel::WhatsApp,
+        Some("email") => Channel::Email,
+        Some("slack") => Channel::Slack,
+        _ => Channel::Webhook,
+    }
+}
+
+/// The webhook body of a message.
+pub fn body(receiver: &str, message_id: Uuid, planned: &Planned) -> serde_json::Value {
+    let firing = planned.deliveries.iter().any(|d| d.alert_state == "firing");
+    let mut group_labels = BTreeMap::new();
+    if let Some((_, rest)) = planned.group_key.split_once('|') {
+        for pair in rest.split('|') {
+            if let Some((k, v)) = pair.split_once('=') {
+                group_labels.insert(k.to_string(), v.to_string());
+            }
+        }
+    }
+    serde_json::json!({
+        "version": "1",
+        "message_id": message_id,
+        "receiver": receiver,
+        "status": if firing { "firing" } else { "resolved" },
+        "group_key": planned.group_key,
+        "group_labels": group_labels,
+        "alerts": planned.deliveries.iter().map(|d| d.alert.clone()).collect::<Vec<_>>(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn backoff_doubles_with_jitter_caps_and_honours_retry_after() {
+        let retry = RetryPolicy {
+            max_attempts: 10,
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(2),
+        };
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        for (attempt, full) in [(1, 100), (2, 200), (3, 400), (6, 2000), (30, 2000)] {
+            let d = backoff(&retry, attempt, None, &mut rng);
+            let full = Duration::from_millis(full);
+            assert!(d >= full / 2 && d <= full, "attempt {attempt}: {d:?}");
+        }
+        let d = backoff(&retry, 1, Some(Duration::from_secs(1)), &mut rng);
+        assert_eq!(d, Duration::from_secs(1));
+        let d = backoff(&retry, 1, Some(Duration::from_secs(3600)), &mut rng);
+        assert_eq!(
+            d,
+            Duration::from_secs(2),
+            "Retry-After is capped at backoff_max"
+        );
+    }
+}

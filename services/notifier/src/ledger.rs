@@ -1,0 +1,297 @@
+//! The delivery ledger: the notifier's own tables in the `notifier` schema.
+//!
+//! Guarantees:
+//! - one row per (alert transition, receiver), written `pending` before the
+//!   transition's Kafka offset is committed, so a crash never loses a routed alert;
+//! - a replayed transition hits its existing row and changes nothing, so what the
+//!   ledger says was delivered (or failed, or was suppressed) is never sent again;
+//! - the message carrying a delivery is fixed in the ledger before it is sent, so a
+//!   resend after a crash is the same message with the same `Idempotency-Key`.
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::Pool;
+use storepulse_runtime::consumer::Failure;
+use storepulse_runtime::db::{self, Migration, MigrationSet};
+use uuid::Uuid;
+
+/// The notifier's migrations (its own schema and bookkeeping table).
+pub const MIGRATIONS: MigrationSet = MigrationSet {
+    schema: Some("notifier"),
+    table: "schema_migrations",
+    lock: 0x5354_5055_4c53_4e01,
+    migrations: &[Migration {
+        version: 1,
+        name: "delivery_ledger",
+        sql: include_str!("../migrations/0001_delivery_ledger.sql"),
+    }],
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("delivery ledger: {}", db::describe(.0))]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("delivery ledger pool: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+}
+
+impl LedgerError {
+    /// Whether retrying can help (the connection) or the data is at fault.
+    pub fn failure(&self) -> Failure {
+        match self {
+            LedgerError::Pool(deadpool_postgres::PoolError::Backend(e)) => db::classify_postgres(e),
+            LedgerError::Pool(_) => Failure::Transient,
+            LedgerError::Postgres(e) => db::classify_postgres(e),
+        }
+    }
+}
+
+/// A routed transition to record.
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    pub transition_id: String,
+    pub receiver: String,
+    pub alert_id: String,
+    /// `firing` or `resolved`.
+    pub alert_state: &'static str,
+    pub tenant_id: String,
+    pub store_id: String,
+    pub route: String,
+    pub group_key: String,
+    pub alert: serde_json::Value,
+    /// Recorded as `suppressed` at once (a resolved the receiver does not want).
+    pub suppressed: bool,
+}
+
+/// A delivery waiting to be sent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingDelivery {
+    pub transition_id: String,
+    pub alert_id: String,
+    pub alert_state: String,
+    pub tenant_id: String,
+    pub store_id: String,
+    pub route: String,
+    pub group_key: String,
+    pub alert: serde_json::Value,
+    pub received_at: DateTime<Utc>,
+    pub message_id: Option<Uuid>,
+}
+
+/// A finished delivery whose outcome record is still to be published.
+#[derive(Debug, Clone)]
+pub struct FinishedDelivery {
+    pub transition_id: String,
+    pub alert_id: String,
+    pub alert_state: String,
+    pub tenant_id: String,
+    pub store_id: String,
+    pub status: String,
+    pub channel: Option<String>,
+    pub attempts: i32,
+    pub error: Option<String>,
+}
+
+/// Final outcome of a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Final {
+    Delivered,
+    Failed,
+}
+
+impl Final {
+    fn as_str(self) -> &'static str {
+        match self {
+            Final::Delivered => "delivered",
+            Final::Failed => "failed",
+        }
+    }
+}
+
+/// Access to the ledger tables.
+#[derive(Clone)]
+pub struct Ledger {
+    pool: Pool,
+}
+
+impl std::fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ledger").finish_non_exhaustive()
+    }
+}
+
+impl Ledger {
+    pub fn new(pool: Pool) -> Self {
+        Self { pool }
+    }
+
+    /// Applies the notifier's migrations.
+    pub async fn migrate(&self) -> Result<Vec<i32>, db::DbError> {
+        db::migrate_set(&self.pool, &MIGRATIONS).await
+    }
+
+    /// Records routed transitions; rows that exist already are left as they are.
+    pub async fn enqueue(&self, rows: &[NewDelivery]) -> Result<u64, LedgerError> {
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let col = |f: fn(&NewDelivery) -> String| rows.iter().map(f).collect::<Vec<String>>();
+        let t = col(|r| r.transition_id.clone());
+        let rc = col(|r| r.receiver.clone());
+        let a = col(|r| r.alert_id.clone());
+        let s = col(|r| r.alert_state.to_string());
+        let tn = col(|r| r.tenant_id.clone());
+        let st = col(|r| r.store_id.clone());
+        let ro = col(|r| r.route.clone());
+        let g = col(|r| r.group_key.clone());
+        let j: Vec<serde_json::Value> = rows.iter().map(|r| r.alert.clone()).collect();
+        let sup: Vec<bool> = rows.iter().map(|r| r.suppressed).collect();
+        let client = self.pool.get().await?;
+        let n = client
+            .execute(
+                include_str!("../sql/enqueue.sql"),
+                &[&t, &rc, &a, &s, &tn, &st, &ro, &g, &j, &sup],
+            )
+            .await?;
+        Ok(n)
+    }
+
+    /// A receiver's pending deliveries, oldest first, at most `limit`.
+    pub async fn pending(
+        &self,
+        receiver: &str,
+        limit: i64,
+    ) -> Result<Vec<PendingDelivery>, LedgerError> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(include_str!("../sql/pending.sql"), &[&receiver, &limit])
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| PendingDelivery {
+                transition_id: r.get(0),
+                alert_id: r.get(1),
+                alert_state: r.get(2),
+                tenant_id: r.get(3),
+                store_id: r.get(4),
+                route: r.get(5),
+                group_key: r.get(6),
+                alert: r.get(7),
+                received_at: r.get(8),
+                message_id: r.get(9),
+            })
+            .collect())
+    }
+
+    /// Fixes `message_id` as the message carrying these deliveries.
+    pub async fn assign(
+        &self,
+        receiver: &str,
+        transitions: &[String],
+        message_id: Uuid,
+    ) -> Result<(), LedgerError> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                include_str!("../sql/assign_message.sql"),
+                &[&receiver, &transitions, &message_id],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Records a message's final outcome for every delivery it carried.
+    pub async fn finish(
+        &self,
+        receiver: &str,
+        message_id: Uuid,
+        outcome: Final,
+        channel: &str,
+        attempts: i32,
+        error: Option<&str>,
+    ) -> Result<(), LedgerError> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                include_str!("../sql/finish_message.sql"),
+                &[
+                    &receiver,
+                    &message_id,
+                    &outcome.as_str(),
+                    &channel,
+                    &attempts,
+                    &error,
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Keeps a message that failed on every channel.
+    pub async fn dead_letter(
+        &self,
+        receiver: &str,
+        message_id: Uuid,
+        transitions: &[String],
+        body: &serde_json::Value,
+        attempts: i32,
+        error: &str,
+    ) -> Result<(), LedgerError> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                include_str!("../sql/insert_dead_letter.sql"),
+                &[
+                    &message_id,
+                    &receiver,
+                    &transitions,
+                    body,
+                    &attempts,
+                    &error,
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Finished deliveries of `receiver` whose outcome is not yet published.
+    pub async fn unpublished(
+        &self,
+        receiver: &str,
+        limit: i64,
+    ) -> Result<Vec<FinishedDelivery>, LedgerError> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(include_str!("../sql/unpublished.sql"), &[&receiver, &limit])
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| FinishedDelivery {
+                transition_id: r.get(0),
+                alert_id: r.get(1),
+                alert_state: r.get(2),
+                tenant_id: r.get(3),
+                store_id: r.get(4),
+                status: r.get(5),
+                channel: r.get(6),
+                attempts: r.get(7),
+                error: r.get(8),
+            })
+            .collect())
+    }
+
+    /// Notes that these deliveries' outcomes are on notifications.v1.
+    pub async fn mark_published(
+        &self,
+        receiver: &str,
+        transitions: &[String],
+    ) -> Result<(), LedgerError> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                include_str!("../sql/mark_published.sql"),
+                &[&receiver, &transitions],
+            )
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,870 @@
+//! The notification policy: a TOML file with a routing tree and receivers.
+//!
+//! Guarantees:
+//! - a policy is only ever built whole and valid: every error names the route
+//!   (`route.routes[1].routes[0]`), the receiver (`receivers[ops].channels[0]`) and the
+//!   field at fault, and never contains a secret's value;
+//! - routing is Alertmanager's: the root route matches every alert; children are tried
+//!   in order; the first matching child takes the alert unless it says `continue = true`,
+//!   in which case later siblings are tried too; a route none of whose children match
+//!   takes the alert itself; children inherit unset `group_by` and timings;
+//! - secrets come from an environment variable or a file, are read when the policy is
+//!   loaded, and print as `***`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use regex::Regex;
+use serde::Deserialize;
+use storepulse_runtime::records::{AlertSeverity, AlertState, AlertTransition};
+
+/// A policy problem, naming where it is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("notification policy {path}: {reason}")]
+pub struct PolicyError {
+    /// Where: `route.routes[0].matchers[1]`, `receivers[ops].channels[0].url`, ...
+    pub path: String,
+    pub reason: String,
+}
+
+fn err(path: impl Into<String>, reason: impl Into<String>) -> PolicyError {
+    PolicyError {
+        path: path.into(),
+        reason: reason.into(),
+    }
+}
+
+// ---------------------------------------------------------------- file format
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    route: RouteFile,
+    #[serde(default)]
+    receivers: Vec<ReceiverFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteFile {
+    receiver: Option<String>,
+    #[serde(default)]
+    matchers: Vec<String>,
+    #[serde(default, rename = "continue")]
+    continue_: bool,
+    group_by: Option<Vec<String>>,
+    group_wait: Option<String>,
+    group_interval: Option<String>,
+    repeat_interval: Option<String>,
+    #[serde(default)]
+    routes: Vec<RouteFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReceiverFile {
+    name: String,
+    #[serde(default = "default_send_resolved")]
+    send_resolved: bool,
+    #[serde(default = "default_max_attempts")]
+    max_attempts: u32,
+    #[serde(default = "default_backoff_initial")]
+    backoff_initial: String,
+    #[serde(default = "default_backoff_max")]
+    backoff_max: String,
+    #[serde(default)]
+    channels: Vec<ChannelFile>,
+}
+
+/// Resolved notifications are sent unless a receiver switches them off.
+pub fn default_send_resolved() -> bool {
+    true
+}
+/// Tries per channel before it counts as failed for good.
+pub fn default_max_attempts() -> u32 {
+    5
+}
+/// First retry delay; doubled per try, with jitter.
+pub fn default_backoff_initial() -> String {
+    "500ms".into()
+}
+/// Longest retry delay (a `Retry-After` is honoured up to this too).
+pub fn default_backoff_max() -> String {
+    "30s".into()
+}
+/// Group timings when the root route sets none (Alertmanager's defaults).
+pub fn default_group_wait() -> Duration {
+    Duration::from_secs(30)
+}
+pub fn default_group_interval() -> Duration {
+    Duration::from_secs(300)
+}
+pub fn default_repeat_interval() -> Duration {
+    Duration::from_secs(4 * 3600)
+}
+/// Per-request timeout of a channel.
+pub fn default_channel_timeout() -> String {
+    "10s".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, tag = "type", rename_all = "snake_case")]
+enum ChannelFile {
+    Webhook {
+        url: String,
+        secret_env: Option<String>,
+        secret_file: Option<String>,
+        #[serde(default = "default_channel_timeout")]
+        timeout: String,
+    },
+}
+
+// ---------------------------------------------------------------- validated policy
+
+/// A secret read from the environment or a file. Never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// One way of reaching a receiver.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChannelSpec {
+    Webhook {
+        url: String,
+        secret: Option<Secret>,
+        timeout: Duration,
+    },
+}
+
+impl ChannelSpec {
+    /// The channel kind as recorded in outcomes.
+    pub fn kind(&self) -> storepulse_runtime::records::Channel {
+        match self {
+            ChannelSpec::Webhook { .. } => storepulse_runtime::records::Channel::Webhook,
+        }
+    }
+}
+
+/// Retry policy of one receiver's channels.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+}
+
+/// Who gets notified, and how: its channels in fallback order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Receiver {
+    pub name: String,
+    pub send_resolved: bool,
+    pub retry: RetryPolicy,
+    pub channels: Vec<ChannelSpec>,
+}
+
+/// What a matcher compares.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Field {
+    Tenant,
+    Store,
+    Severity,
+    Rule,
+    Subject,
+    Label(String),
+}
+
+impl Field {
+    fn parse(name: &str) -> Self {
+        match name {
+            "tenant" => Field::Tenant,
+            "store" => Field::Store,
+            "severity" => Field::Severity,
+            "rule" => Field::Rule,
+            "subject" => Field::Subject,
+            other => Field::Label(other.strip_prefix("label.").unwrap_or(other).to_string()),
+        }
+    }
+
+    /// The alert's value of this field (a missing label is the empty string, as in
+    /// Alertmanager).
+    pub fn value<'a>(&self, alert: &'a AlertTransition) -> &'a str {
+        match self {
+            Field::Tenant => &alert.envelope.tenant_id,
+            Field::Store => &alert.envelope.store_id,
+            Field::Severity => severity_name(alert.severity),
+            Field::Rule => &alert.rule_id,
+            Field::Subject => &alert.subject,
+            Field::Label(l) => alert.labels.get(l).map_or("", String::as_str),
+        }
+    }
+
+    pub fn name(&self) -> String {
+        match self {
+            Field::Tenant => "tenant".into(),
+            Field::Store => "store".into(),
+            Field::Severity => "severity".into(),
+            Field::Rule => "rule".into(),
+            Field::Subject => "subject".into(),
+            Field::Label(l) => l.clone(),
+        }
+    }
+}
+
+/// Severity as written in matchers and messages.
+pub fn severity_name(s: AlertSeverity) -> &'static str {
+    match s {
+        AlertSeverity::Info => "info",
+        AlertSeverity::Warning => "warning",
+        AlertSeverity::Critical => "critical",
+    }
+}
+
+/// State as written in messages.
+pub fn state_name(s: AlertState) -> &'static str {
+    match s {
+        AlertState::Firing => "firing",
+        AlertState::Resolved => "resolved",
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Eq(String),
+    Ne(String),
+    Re(Regex),
+    NotRe(Regex),
+}
+
+/// `field op "value"`: `=`, `!=`, `=~` and `!~` (regexes are anchored).
+#[derive(Debug, Clone)]
+pub struct Matcher {
+    field: Field,
+    op: Op,
+}
+
+impl Matcher {
+    /// Parses `store =~ "^s-00[1-5]$"`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let t = text.trim();
+        let pos = t.find(['=', '!']).ok_or_else(|| {
+            format!("{t:?}: expected `field op \"value\"` with op =, !=, =~ or !~")
+        })?;
+        let name = t[..pos].trim();
+        let rest = &t[pos..];
+        let (op, value) = ["=~", "!~", "!=", "="]
+            .iter()
+            .find_map(|op| rest.strip_prefix(op).map(|v| (*op, v.trim())))
+            .ok_or_else(|| format!("{t:?}: unknown operator (use =, !=, =~ or !~)"))?;
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+        {
+            return Err(format!("{t:?}: {name:?} is not a field name"));
+        }
+        let value = value
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .unwrap_or(value)
+            .to_string();
+        let field = Field::parse(name);
+        let value = if field == Field::Severity && (op == "=" || op == "!=") {
+            let v = value.to_ascii_lowercase();
+            if !["info", "warning", "critical"].contains(&v.as_str()) {
+                return Err(format!("{t:?}: severity is one of info, warning, critical"));
+            }
+            v
+        } else {
+            value
+        };
+        let regex = |v: &str| {
+            Regex::new(&format!("^(?:{v})$")).map_err(|e| format!("{t:?}: bad regex: {e}"))
+        };
+        let op = match op {
+            "=" => Op::Eq(value),
+            "!=" => Op::Ne(value),
+            "=~" => Op::Re(regex(&value)?),
+            _ => Op::NotRe(regex(&value)?),
+        };
+        Ok(Self { field, op })
+    }
+
+    pub fn matches(&self, alert: &AlertTransition) -> bool {
+        let v = self.field.value(alert);
+        match &self.op {
+            Op::Eq(x) => v == x,
+            Op::Ne(x) => v != x,
+            Op::Re(r) => r.is_match(v),
+            Op::NotRe(r) => !r.is_match(v),
+        }
+    }
+}
+
+/// How a route groups and paces its notifications.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupTiming {
+    pub group_by: Vec<Field>,
+    pub group_wait: Duration,
+    pub group_interval: Duration,
+    pub repeat_interval: Duration,
+}
+
+/// A validated route.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// `route`, `route.routes[0]`, ...: names it in logs and errors.
+    pub path: String,
+    pub receiver: String,
+    matchers: Vec<Matcher>,
+    pub continue_: bool,
+    pub timing: GroupTiming,
+    routes: Vec<Route>,
+}
+
+impl Route {
+    fn matches(&self, alert: &AlertTransition) -> bool {
+        self.matchers.iter().all(|m| m.matches(alert))
+    }
+
+    /// Adds the routes that take `alert` to `out`; false if this route does not match.
+    fn walk<'a>(&'a self, alert: &AlertTransition, out: &mut Vec<&'a Route>) -> bool {
+        if !self.matches(alert) {
+            return false;
+        }
+        let mut child_took = false;
+        for child in &self.routes {
+            if child.walk(alert, out) {
+                child_took = true;
+                if !child.continue_ {
+                    break;
+                }
+            }
+        }
+        if !child_took {
+            out.push(self);
+        }
+        true
+    }
+
+    fn count(&self) -> usize {
+        1 + self.routes.iter().map(Route::count).sum::<usize>()
+    }
+}
+
+/// Where one alert goes: a receiver and the route that chose it.
+#[derive(Debug, Clone, Copy)]
+pub struct Destination<'a> {
+    pub receiver: &'a Receiver,
+    pub route: &'a Route,
+}
+
+impl Destination<'_> {
+    /// The group this alert joins at this receiver: route path + the group_by values.
+    pub fn group_key(&self, alert: &AlertTransition) -> String {
+        let mut key = self.route.path.clone();
+        for f in &self.route.timing.group_by {
+            key.push_str(&format!("|{}={}", f.name(), f.value(alert)));
+        }
+        key
+    }
+}
+
+/// A whole, valid policy.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub root: Route,
+    pub receivers: BTreeMap<String, Receiver>,
+}
+
+impl Policy {
+    /// Reads and validates the policy file.
+    pub fn load(path: &Path) -> Result<Self, PolicyError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| err(path.display().to_string(), format!("cannot read: {e}")))?;
+        Self::parse(&text, &|name| std::env::var(name).ok())
+    }
+
+    /// Validates policy text; `env` looks secrets up (tests pass their own).
+    pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, PolicyError> {
+        let file: PolicyFile = toml::from_str(text).map_err(|e| {
+            let span = e
+                .span()
+                .map(|s| {
+                    let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
+                    format!("line {line}")
+                })
+                .unwrap_or_else(|| "file".into());
+            err(span, e.message().to_string())
+        })?;
+        let mut receivers = BTreeMap::new();
+        for (i, r) in file.receivers.iter().enumerate() {
+            let rec = receiver(i, r, env)?;
+            if receivers.insert(rec.name.clone(), rec).is_some() {
+                return Err(err(format!("receivers[{}].name", r.name), "defined twice"));
+            }
+        }
+        let inherited = GroupTiming {
+            group_by: Vec::new(),
+            group_wait: default_group_wait(),
+            group_interval: default_group_interval(),
+            repeat_interval: default_repeat_interval(),
+        };
+        if !file.route.matchers.is_empty() {
+            return Err(err(
+                "route.matchers",
+                "the root route takes every alert: it has no matchers",
+            ));
+        }
+        if file.route.receiver.is_none() {
+            return Err(err(
+                "route.receiver",
+                "the root (default) route needs a receiver",
+            ));
+        }
+        let root = route("route", &file.route, None, &inherited, &receivers)?;
+        Ok(Self { root, receivers })
+    }
+
+    /// Where `alert` goes: one destination per receiver (the first route naming a
+    /// receiver decides its grouping).
+    pub fn route<'a>(&'a self, alert: &AlertTransition) -> Vec<Destination<'a>> {
+        let mut routes = Vec::new();
+        self.root.walk(alert, &mut routes);
+        let mut out: Vec<Destination<'a>> = Vec::with_capacity(routes.len());
+        for r in routes {
+            if out.iter().any(|d| d.receiver.name == r.receiver) {
+                continue;
+            }
+            if let Some(receiver) = self.receivers.get(&r.receiver) {
+                out.push(Destination { receiver, route: r });
+            }
+        }
+        out
+    }
+
+    /// Routes in the tree.
+    pub fn route_count(&self) -> usize {
+        self.root.count()
+    }
+
+    /// The route at `path`, if the tree (still) has it.
+    pub fn route_at(&self, path: &str) -> Option<&Route> {
+        fn find<'a>(r: &'a Route, path: &str) -> Option<&'a Route> {
+            if r.path == path {
+                return Some(r);
+            }
+            r.routes.iter().find_map(|c| find(c, path))
+        }
+        find(&self.root, path)
+    }
+}
+
+/// Parses `500ms`, `30s`, `5m`, `4h`, `1d` (zero allowed).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(digits);
+    let bad =
+        || format!("{text:?} is not a duration: a number with a unit (ms, s, m, h, d), e.g. 30s");
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    let ms_per = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(bad()),
+    };
+    Ok(Duration::from_millis(
+        n.checked_mul(ms_per).ok_or_else(bad)?,
+    ))
+}
+
+fn duration_at(path: &str, field: &str, text: &str) -> Result<Duration, PolicyError> {
+    parse_duration(text).map_err(|e| err(format!("{path}.{field}"), e))
+}
+
+fn route(
+    path: &str,
+    file: &RouteFile,
+    parent_receiver: Option<&str>,
+    inherited: &GroupTiming,
+    receivers: &BTreeMap<String, Receiver>,
+) -> Result<Route, PolicyError> {
+    let receiver = file
+        .receiver
+        .as_deref()
+        .or(parent_receiver)
+        .unwrap_or_default()
+        .to_string();
+    if !receivers.contains_key(&receiver) {
+        return Err(err(
+            format!("{path}.receiver"),
+            format!(
+                "no receiver named {receiver:?} (known: {})",
+                receivers.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        ));
+    }
+    let matchers = file
+        .matchers
+        .iter()
+        .enumerate()
+        .map(|(i, m)| Matcher::parse(m).map_err(|e| err(format!("{path}.matchers[{i}]"), e)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let timing = GroupTiming {
+        group_by: match &file.group_by {
+            Some(g) => g.iter().map(|n| Field::parse(n)).collect(),
+            None => inherited.group_by.clone(),
+        },
+        group_wait: match &file.group_wait {
+            Some(t) => duration_at(path, "group_wait", t)?,
+            None => inherited.group_wait,
+        },
+        group_interval: match &file.group_interval {
+            Some(t) => duration_at(path, "group_interval", t)?,
+            None => inherited.group_interval,
+        },
+        repeat_interval: match &file.repeat_interval {
+            Some(t) => duration_at(path, "repeat_interval", t)?,
+            None => inherited.repeat_interval,
+        },
+    };
+    if timing.group_interval.is_zero() {
+        return Err(err(format!("{path}.group_interval"), "must be > 0"));
+    }
+    if timing.repeat_interval.is_zero() {
+        return Err(err(format!("{path}.repeat_interval"), "must be > 0"));
+    }
+    let routes = file
+        .routes
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            route(
+                &format!("{path}.routes[{i}]"),
+                c,
+                Some(&receiver),
+                &timing,
+                receivers,
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Route {
+        path: path.to_string(),
+        receiver,
+        matchers,
+        continue_: file.continue_,
+        timing,
+        routes,
+    })
+}
+
+fn receiver(
+    index: usize,
+    file: &ReceiverFile,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Receiver, PolicyError> {
+    if file.name.trim().is_empty() {
+        return Err(err(format!("receivers[{index}].name"), "must not be empty"));
+    }
+    let path = format!("receivers[{}]", file.name);
+    if file.channels.is_empty() {
+        return Err(err(format!("{path}.channels"), "at least one channel"));
+    }
+    if file.max_attempts == 0 {
+        return Err(err(format!("{path}.max_attempts"), "must be >= 1"));
+    }
+    let retry = RetryPolicy {
+        max_attempts: file.max_attempts,
+        backoff_initial: duration_at(&path, "backoff_initial", &file.backoff_initial)?,
+        backoff_max: duration_at(&path, "backoff_max", &file.backoff_max)?,
+    };
+    let channels = file
+        .channels
+        .iter()
+        .enumerate()
+        .map(|(i, c)| channel(&format!("{path}.channels[{i}]"), c, env))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Receiver {
+        name: file.name.clone(),
+        send_resolved: file.send_resolved,
+        retry,
+        channels,
+    })
+}
+
+fn secret(
+    path: &str,
+    from_env: &Option<String>,
+    from_file: &Option<String>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<Secret>, PolicyError> {
+    match (from_env, from_file) {
+        (Some(_), Some(_)) => Err(err(
+            format!("{path}.secret_env"),
+            "give secret_env or secret_file, not both",
+        )),
+        (Some(name), None) => match env(name) {
+            Some(v) if !v.is_empty() => Ok(Some(Secret(v))),
+            _ => Err(err(
+                format!("{path}.secret_env"),
+                format!("environment variable {name} is not set or empty"),
+            )),
+        },
+        (None, Some(file)) => match std::fs::read_to_string(file) {
+            Ok(v) if !v.trim().is_empty() => {
+                Ok(Some(Secret(v.trim_end_matches(['\n', '\r']).to_string())))
+            }
+            Ok(_) => Err(err(
+                format!("{path}.secret_file"),
+                format!("{file} is empty"),
+            )),
+            Err(e) => Err(err(
+                format!("{path}.secret_file"),
+                format!("cannot read {file}: {}", e.kind()),
+            )),
+        },
+        (None, None) => Ok(None),
+    }
+}
+
+fn http_url(path: &str, url: &str) -> Result<String, PolicyError> {
+    match reqwest::Url::parse(url) {
+        Ok(u) if u.scheme() == "http" || u.scheme() == "https" => Ok(url.to_string()),
+        Ok(u) => Err(err(
+            format!("{path}.url"),
+            format!("scheme {} is not http or https", u.scheme()),
+        )),
+        Err(e) => Err(err(format!("{path}.url"), format!("not a URL: {e}"))),
+    }
+}
+
+fn channel(
+    path: &str,
+    file: &ChannelFile,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<ChannelSpec, PolicyError> {
+    match file {
+        ChannelFile::Webhook {
+            url,
+            secret_env,
+            secret_file,
+            timeout,
+        } => Ok(ChannelSpec::Webhook {
+            url: http_url(path, url)?,
+            secret: secret(path, secret_env, secret_file, env)?,
+            timeout: duration_at(path, "timeout", timeout)?,
+        }),
+    }
+}
+
+/// Labels of a group as shown in messages: the group_by fields and their values.
+pub fn group_labels(timing: &GroupTiming, alert: &AlertTransition) -> HashMap<String, String> {
+    timing
+        .group_by
+        .iter()
+        .map(|f| (f.name(), f.value(alert).to_string()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alert(store: &str, severity: AlertSeverity, labels: &[(&str, &str)]) -> AlertTransition {
+        serde_json::from_value(serde_json::json!({
+            "envelope": {"event_id": "e", "tenant_id": "acme", "store_id": store,
+                         "occurred_at": 0, "received_at": 0, "source": "t"},
+            "alert_id": "a", "rule_id": "freezer-warm", "state": "Firing",
+            "severity": severity, "subject": "freezer-1", "summary": "warm",
+            "value": null, "started_at": 0,
+            "labels": labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<HashMap<_, _>>(),
+        }))
+        .expect("alert")
+    }
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    const POLICY: &str = r#"
+        [route]
+        receiver = "ops"
+        group_by = ["store"]
+        group_wait = "10s"
+
+        [[route.routes]]
+        receiver = "managers"
+        matchers = ['severity = "critical"', 'store =~ "s-00[1-5]"']
+        continue = true
+        group_wait = "0s"
+
+        [[route.routes]]
+        receiver = "cold-chain"
+        matchers = ['appliance = "freezer"']
+
+        [[route.routes]]
+        receiver = "never"
+        matchers = ['tenant = "acme"']
+
+        [[receivers]]
+        name = "ops"
+        [[receivers.channels]]
+        type = "webhook"
+        url = "http://127.0.0.1:1/ops"
+
+        [[receivers]]
+        name = "managers"
+        [[receivers.channels]]
+        type = "webhook"
+        url = "http://127.0.0.1:1/managers"
+
+        [[receivers]]
+        name = "cold-chain"
+        [[receivers.channels]]
+        type = "webhook"
+        url = "http://127.0.0.1:1/cold"
+
+        [[receivers]]
+        name = "never"
+        [[receivers.channels]]
+        type = "webhook"
+        url = "http://127.0.0.1:1/never"
+    "#;
+
+    fn names(p: &Policy, a: &AlertTransition) -> Vec<String> {
+        p.route(a).iter().map(|d| d.receiver.name.clone()).collect()
+    }
+
+    #[test]
+    fn routing_follows_order_continue_and_default() {
+        let p = Policy::parse(POLICY, &no_env).expect("valid");
+        // critical in s-003 with a freezer: managers (continue), then cold-chain (stops).
+        let a = alert(
+            "s-003",
+            AlertSeverity::Critical,
+            &[("appliance", "freezer")],
+        );
+        assert_eq!(names(&p, &a), ["managers", "cold-chain"]);
+        // warning, no freezer: the tenant route takes it.
+        let b = alert("s-003", AlertSeverity::Warning, &[]);
+        assert_eq!(names(&p, &b), ["never"]);
+        // critical outside the store range, fridge: only the tenant route.
+        let c = alert("s-009", AlertSeverity::Critical, &[("appliance", "fridge")]);
+        assert_eq!(names(&p, &c), ["never"]);
+        // another tenant, nothing matches: the default route.
+        let mut d = alert("s-009", AlertSeverity::Info, &[]);
+        d.envelope.tenant_id = "other".into();
+        assert_eq!(names(&p, &d), ["ops"]);
+        assert_eq!(p.route_count(), 4);
+    }
+
+    #[test]
+    fn children_inherit_timings_and_group_keys_name_the_route() {
+        let p = Policy::parse(POLICY, &no_env).expect("valid");
+        let a = alert(
+            "s-003",
+            AlertSeverity::Critical,
+            &[("appliance", "freezer")],
+        );
+        let d = p.route(&a);
+        assert_eq!(d[0].route.timing.group_wait, Duration::ZERO);
+        assert_eq!(d[1].route.timing.group_wait, Duration::from_secs(10));
+        assert_eq!(d[1].route.timing.group_by, vec![Field::Store]);
+        assert_eq!(d[0].group_key(&a), "route.routes[0]|store=s-003");
+    }
+
+    fn error_of(text: &str) -> PolicyError {
+        Policy::parse(text, &no_env).expect_err("invalid")
+    }
+
+    #[test]
+    fn errors_name_route_receiver_and_field() {
+        let bad_matcher = POLICY.replace("'appliance = \"freezer\"'", "'appliance ~ \"x\"'");
+        assert_eq!(error_of(&bad_matcher).path, "route.routes[1].matchers[0]");
+        let bad_regex = POLICY.replace("s-00[1-5]", "s-00[1-5");
+        let e = error_of(&bad_regex);
+        assert_eq!(e.path, "route.routes[0].matchers[1]");
+        assert!(e.reason.contains("bad regex"), "{e}");
+        let unknown = POLICY.replace("receiver = \"cold-chain\"", "receiver = \"cold\"");
+        let e = error_of(&unknown);
+        assert_eq!(e.path, "route.routes[1].receiver");
+        assert!(e.reason.contains("\"cold\""), "{e}");
+        let bad_url = POLICY.replace("http://127.0.0.1:1/cold", "ftp://x/");
+        assert_eq!(
+            error_of(&bad_url).path,
+            "receivers[cold-chain].channels[0].url"
+        );
+        let bad_wait = POLICY.replace("group_wait = \"10s\"", "group_wait = \"10 parsecs\"");
+        assert_eq!(error_of(&bad_wait).path, "route.group_wait");
+        let bad_sev = POLICY.replace("severity = \"critical\"", "severity = \"urgent\"");
+        assert_eq!(error_of(&bad_sev).path, "route.routes[0].matchers[0]");
+        let unknown_key = POLICY.replace("continue = true", "contine = true");
+        let e = error_of(&unknown_key);
+        assert!(e.reason.contains("contine"), "{e}");
+        assert!(e.path.starts_with("line "), "{e}");
+    }
+
+    #[test]
+    fn secrets_come_from_env_and_never_print() {
+        let text = POLICY.replace(
+            "url = \"http://127.0.0.1:1/ops\"",
+            "url = \"http://127.0.0.1:1/ops\"\nsecret_env = \"OPS_SECRET\"",
+        );
+        let e = error_of(&text);
+        assert_eq!(e.path, "receivers[ops].channels[0].secret_env");
+        assert!(e.reason.contains("OPS_SECRET"));
+        let env = |n: &str| (n == "OPS_SECRET").then(|| "hunter2".to_string());
+        let p = Policy::parse(&text, &env).expect("valid");
+        let printed = format!("{p:?}");
+        assert!(!printed.contains("hunter2"), "secret printed: {printed}");
+        match &p.receivers["ops"].channels[0] {
+            ChannelSpec::Webhook { secret, .. } => {
+                assert_eq!(secret.as_ref().map(Secret::expose), Some("hunter2"));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod example_file {
+    use super::*;
+
+    /// The documented example policy loads (with its secrets supplied).
+    #[test]
+    fn the_example_policy_is_valid() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let secret = dir.path().join("managers");
+        std::fs::write(&secret, "s").expect("secret");
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../config/notifier.example.toml"
+        ))
+        .expect("example")
+        .replace(
+            "/run/secrets/managers-webhook",
+            &secret.display().to_string(),
+        );
+        let env = |n: &str| (n == "STOREPULSE_OPS_WEBHOOK_SECRET").then(|| "x".to_string());
+        let p = Policy::parse(&text, &env).expect("example policy is valid");
+        assert_eq!(p.route_count(), 3);
+        assert_eq!(p.receivers["store-managers"].channels.len(), 2);
+    }
+}
