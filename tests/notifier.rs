@@ -620,15 +620,36 @@ async fn sigkill_mid_stream_then_restart_delivers_each_once() {
         .iter()
         .map(|a| format!("{}:firing", a.alert_id))
         .collect();
-    eventually(
-        "every alert delivered after the restart",
-        Duration::from_secs(120),
-        || async {
-            let got: BTreeSet<String> = transitions(&server.requests()).into_iter().collect();
-            (got == expected).then_some(())
-        },
-    )
-    .await;
+    // A deadline loop rather than `eventually`, to say what is missing on failure.
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    loop {
+        let got: BTreeSet<String> = transitions(&server.requests()).into_iter().collect();
+        if got == expected {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            let by_status = stack
+                .pool
+                .get()
+                .await
+                .expect("pg")
+                .query(
+                    "SELECT status, count(*) FROM notifier.deliveries GROUP BY 1",
+                    &[],
+                )
+                .await
+                .expect("query")
+                .iter()
+                .map(|r| format!("{}={}", r.get::<_, String>(0), r.get::<_, i64>(1)))
+                .collect::<Vec<_>>();
+            panic!(
+                "after the restart {} of {N} alerts arrived ({} requests); ledger: {by_status:?}",
+                got.len(),
+                server.requests().len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     eventually("ledger complete", WITHIN, || async {
         (stack
             .count("SELECT count(*) FROM notifier.deliveries WHERE status = 'delivered'")
