@@ -1,10 +1,13 @@
 //! The `storepulse` CLI library: the local stack (throwaway Postgres + broker), the
 //! store simulator, the gateway that posts simulated events, and the dev command
-//! that wires them to the services, and the analyst roles (tenant isolation).
+//! that wires them to the services, the analyst roles (tenant isolation), and the
+//! load driver with the stack it starts.
 
 pub mod analysts;
 pub mod dev_stack;
 pub mod gateway;
+pub mod load;
+pub mod load_stack;
 pub mod local_stack;
 pub mod rebuild;
 pub mod simulator;

@@ -50,7 +50,7 @@ pub fn free_port() -> Result<u16, StackError> {
 /// in its own process group so a terminal's Ctrl-C reaches only us: we stop the
 /// children ourselves, after the services finished with them.
 #[allow(unsafe_code)]
-fn die_with_parent(cmd: &mut Command) {
+pub fn die_with_parent(cmd: &mut Command) {
     cmd.process_group(0);
     // SAFETY: prctl is async-signal-safe and touches no memory of the parent; this
     // runs in the forked child after credentials were changed (so it is not reset).
@@ -64,7 +64,8 @@ fn die_with_parent(cmd: &mut Command) {
     }
 }
 
-fn terminate(child: &mut Child, signal: i32, wait: Duration) {
+/// Sends `signal` to our `child`, waits up to `wait` for it to exit, then kills it.
+pub fn terminate(child: &mut Child, signal: i32, wait: Duration) {
     if let Ok(pid) = i32::try_from(child.id()) {
         // SAFETY-free: kill(2) via libc on our own child's pid.
         #[allow(unsafe_code)]
@@ -276,6 +277,11 @@ impl LocalPostgres {
         Ok(pg)
     }
 
+    /// Process id of the postmaster (its backends are its children).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// URL of a database on this cluster.
     pub fn url(&self, database: &str) -> String {
         format!("postgres://storepulse@127.0.0.1:{}/{database}", self.port)
@@ -390,6 +396,11 @@ impl LocalBroker {
             });
         }
         Ok(broker)
+    }
+
+    /// Process id of the broker.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// `host:port` for `bootstrap.servers`.

@@ -10,6 +10,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use storepulse::analysts;
 use storepulse::dev_stack::{self, DevOptions};
 use storepulse::gateway::Gateway;
+use storepulse::load::{LoadOptions, LoadTarget};
+use storepulse::load_stack::{LoadStack, LoadStackOptions};
 use storepulse::simulator::{SimConfig, Simulator};
 use storepulse_runtime::records::topic;
 use storepulse_runtime::{
@@ -59,6 +61,84 @@ enum Command {
         #[arg(long, default_value_t = 2)]
         backfill_hours: i64,
         /// Where throwaway data lives (removed on exit).
+        #[arg(long, default_value = ".storepulse")]
+        data_dir: PathBuf,
+    },
+    /// Push generated valid events through ingest as fast as asked (or flat out) and
+    /// measure what the pipeline sustains: accepted events/s, HTTP latency
+    /// percentiles, records/s the compactor applies, and the time from each HTTP
+    /// answer until its row is visible in Postgres.
+    ///
+    /// Without --ingest-url it starts its own stack (Postgres, broker, topics, and
+    /// ingest and the compactor as child processes configured by --config) and also
+    /// reports the CPU each process used. With --ingest-url it targets a running
+    /// stack: --database-url is its read store (keys are minted there, samples
+    /// looked up) and --compactor-group its compactor's consumer group.
+    ///
+    /// Events are generated on demand (random ids, the current time), not paced by
+    /// a simulated clock. Each store has its own API key; its requests go one at a
+    /// time, in order. A progress line is printed every second on stderr; the report
+    /// goes to stdout (--json for a machine-readable one).
+    ///
+    /// Example: storepulse load --rate 2000 --duration 60 --batch 20
+    Load {
+        /// Target events per second; 0 posts flat out.
+        #[arg(long, default_value_t = 0.0)]
+        rate: f64,
+        /// Length of the measured window, in seconds.
+        #[arg(long, default_value_t = 30)]
+        duration: u64,
+        /// Seconds of load before the window (not measured).
+        #[arg(long, default_value_t = 5)]
+        warmup: u64,
+        /// Stores, each with its own API key.
+        #[arg(long, default_value_t = 300)]
+        stores: usize,
+        /// Events per request.
+        #[arg(long, default_value_t = 100)]
+        batch: usize,
+        /// Requests in flight at most.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// Which events to post.
+        #[arg(long, value_enum, default_value_t = storepulse::load::Mix::Mixed)]
+        mix: storepulse::load::Mix,
+        /// Tenant of the load's stores.
+        #[arg(long, default_value = "load")]
+        tenant: String,
+        /// Seed of the generated values.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// How long to wait for the backlog after the window, in seconds.
+        #[arg(long, default_value_t = 120)]
+        drain_timeout: u64,
+        /// How often samples are looked up in Postgres, in ms (the answer-to-visible
+        /// figures are upper bounds at most this much above the truth).
+        #[arg(long, default_value_t = 20)]
+        poll_ms: u64,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Base URL of a running ingest API (else a stack is started).
+        #[arg(long, requires = "database_url")]
+        ingest_url: Option<String>,
+        /// The running stack's read store.
+        #[arg(long)]
+        database_url: Option<String>,
+        /// The running stack's compactor consumer group.
+        #[arg(long, default_value = "storepulse-compactor")]
+        compactor_group: String,
+        /// Partitions per topic of the started stack.
+        #[arg(long, default_value_t = 6)]
+        partitions: i32,
+        /// Compactor processes of the started stack (one consumer group).
+        #[arg(long, default_value_t = 1)]
+        compactors: usize,
+        /// Broker storage of the started stack: memory://nisshi/, postgres://...,
+        /// sqlite://...
+        #[arg(long, default_value = "memory://nisshi/")]
+        broker_storage: String,
+        /// Where the started stack's throwaway data lives (removed on exit).
         #[arg(long, default_value = ".storepulse")]
         data_dir: PathBuf,
     },
@@ -391,6 +471,89 @@ async fn main() -> anyhow::Result<()> {
                 s.rejected.load(std::sync::atomic::Ordering::Relaxed),
                 s.retries.load(std::sync::atomic::Ordering::Relaxed)
             );
+            Ok(())
+        }
+        Command::Load {
+            rate,
+            duration,
+            warmup,
+            stores,
+            batch,
+            concurrency,
+            mix,
+            tenant,
+            seed,
+            drain_timeout,
+            poll_ms,
+            json,
+            ingest_url,
+            database_url,
+            compactor_group,
+            partitions,
+            compactors,
+            broker_storage,
+            data_dir,
+        } => {
+            shutdown::cancel_on_signals(token.clone());
+            let opts = LoadOptions {
+                tenant_id: tenant,
+                stores,
+                rate: (rate > 0.0).then_some(rate),
+                duration: Duration::from_secs(duration),
+                warmup: Duration::from_secs(warmup),
+                batch_events: batch,
+                concurrency,
+                mix,
+                seed,
+                poll_interval: Duration::from_millis(poll_ms.max(1)),
+                drain_timeout: Duration::from_secs(drain_timeout),
+                progress: true,
+            };
+            let mut stack = None;
+            let target = match ingest_url {
+                Some(url) => LoadTarget {
+                    ingest_url: url,
+                    pool: migrated_read_store(&src, database_url).await?,
+                    compactor_group,
+                    processes: Vec::new(),
+                    metrics_urls: Vec::new(),
+                },
+                None => {
+                    eprintln!("starting a local stack (Postgres, broker, ingest, compactor) ...");
+                    let s = LoadStack::start(&LoadStackOptions {
+                        data_dir,
+                        partitions,
+                        broker_storage,
+                        exe: std::env::current_exe()?,
+                        config_file: cli.config.clone(),
+                        compactors,
+                    })
+                    .await?;
+                    eprintln!(
+                        "stack ready in {} (ingest {}, broker {})",
+                        s.root().display(),
+                        s.ingest_url,
+                        s.kafka.brokers
+                    );
+                    let t = LoadTarget {
+                        ingest_url: s.ingest_url.clone(),
+                        pool: s.pool.clone(),
+                        compactor_group: s.compactor_group.clone(),
+                        processes: s.watched(),
+                        metrics_urls: s.metrics_urls(),
+                    };
+                    stack = Some(s);
+                    t
+                }
+            };
+            let report = storepulse::load::run(&opts, &target, token).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{report}");
+            }
+            drop(target);
+            drop(stack);
             Ok(())
         }
         Command::Rebuild {

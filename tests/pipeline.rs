@@ -43,27 +43,6 @@ fn spawn_compactor(stack: &TestStack) -> CompactorProcess {
     CompactorProcess(child)
 }
 
-async fn start_ingest(stack: &TestStack, shutdown: CancellationToken) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    let config = storepulse_ingest::IngestConfig {
-        kafka: stack.kafka.clone(),
-        postgres: stack.postgres.clone(),
-        log: Default::default(),
-        ingest: storepulse_ingest::IngestSettings {
-            rate_limit_events_per_sec: 1e9,
-            rate_limit_burst: 1e9,
-            ..Default::default()
-        },
-    };
-    tokio::spawn(storepulse_ingest::run_with_listener(
-        config, listener, shutdown,
-    ));
-    url
-}
-
 /// Reads every record of the rejected topic until `n` arrived.
 async fn read_rejected(stack: &TestStack, n: usize) -> Vec<RejectedRecord> {
     let consumer: StreamConsumer =
@@ -99,7 +78,7 @@ async fn read_rejected(stack: &TestStack, n: usize) -> Vec<RejectedRecord> {
 async fn ten_thousand_events_exactly_once_through_a_compactor_crash() {
     let stack = TestStack::start("e2e").await;
     let shutdown = CancellationToken::new();
-    let ingest_url = start_ingest(&stack, shutdown.clone()).await;
+    let ingest_url = support::start_ingest(&stack, shutdown.clone()).await;
 
     let mut sim = Simulator::new(SimConfig {
         tenant_id: "acme".into(),

@@ -90,6 +90,31 @@ impl TestStack {
     }
 }
 
+/// Ingest running in this process against `stack`, without a rate limit; its URL.
+pub async fn start_ingest(
+    stack: &TestStack,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let config = storepulse_ingest::IngestConfig {
+        kafka: stack.kafka.clone(),
+        postgres: stack.postgres.clone(),
+        log: Default::default(),
+        ingest: storepulse_ingest::IngestSettings {
+            rate_limit_events_per_sec: 1e9,
+            rate_limit_burst: 1e9,
+            ..Default::default()
+        },
+    };
+    tokio::spawn(storepulse_ingest::run_with_listener(
+        config, listener, shutdown,
+    ));
+    url
+}
+
 /// A compactor running in this process against `stack` (its own group id), with the
 /// given overrides; its ops URL and its task.
 pub async fn start_compactor(

@@ -145,15 +145,93 @@ pub struct KafkaConfig {
     pub topic_prefix: String,
     /// How long a produce may wait for the broker before the caller gets an error.
     pub produce_timeout_ms: u64,
-    /// Longest time the broker may hold a fetch; bounds end-to-end latency.
+    /// `linger.ms` of every producer: how long records wait to be sent with others
+    /// in one produce request. Ingest answers after the broker acknowledged, so this
+    /// is added to its answer time. Default [`default_producer_linger_ms`].
+    #[serde(default = "default_producer_linger_ms")]
+    pub producer_linger_ms: u64,
+    /// `batch.num.messages`: most records in one produce request per partition.
+    /// Default [`default_producer_batch_max_records`].
+    #[serde(default = "default_producer_batch_max_records")]
+    pub producer_batch_max_records: u32,
+    /// `fetch.wait.max.ms` of every consumer: longest time the broker may hold a
+    /// fetch waiting for `fetch_min_bytes`; bounds end-to-end latency.
+    /// Default [`default_fetch_wait_max_ms`].
+    #[serde(default = "default_fetch_wait_max_ms")]
     pub fetch_wait_max_ms: u64,
+    /// `fetch.min.bytes` of every consumer: the broker answers a fetch once this
+    /// much is there (or `fetch_wait_max_ms` passed). Default [`default_fetch_min_bytes`].
+    #[serde(default = "default_fetch_min_bytes")]
+    pub fetch_min_bytes: u32,
     /// Partitions of topics created by `storepulse topics create` and the dev stack.
     pub partitions: i32,
     /// Extra librdkafka properties (security.protocol, sasl.*, ...), passed verbatim.
+    /// Keys with a setting of their own above, and keys a guarantee rests on
+    /// ([`RESERVED_PROPERTIES`]), are refused.
     pub properties: BTreeMap<String, String>,
     /// Durability and retention of the topics `storepulse topics` creates and checks.
     pub topics: TopicSettings,
 }
+
+/// 20 ms: with one producer per ingest process, records of concurrent requests for
+/// the same partition share a produce request. Every produce request is work for
+/// the broker, and an answer waits at most this long more. See
+/// `docs/decisions/0010-batching-trade-offs.md`.
+pub fn default_producer_linger_ms() -> u64 {
+    20
+}
+
+/// 10,000 (librdkafka's default): the linger, not the count, closes batches at
+/// the rates a store fleet sends.
+pub fn default_producer_batch_max_records() -> u32 {
+    10_000
+}
+
+/// 50 ms: a fetch waits at most this for [`default_fetch_min_bytes`] to gather, so
+/// a quiet stream's records reach a consumer within it.
+pub fn default_fetch_wait_max_ms() -> u64 {
+    50
+}
+
+/// 64 KiB: under load a fetch is answered once this much is there, not for every
+/// few records (Kafka's default, 1 byte, answers at once: many small fetches).
+pub fn default_fetch_min_bytes() -> u32 {
+    65_536
+}
+
+/// librdkafka properties `kafka.properties` may not set, and why: each has a typed
+/// setting of its own, or a guarantee rests on it.
+pub const RESERVED_PROPERTIES: &[(&str, &str)] = &[
+    ("linger.ms", "set kafka.producer_linger_ms instead"),
+    (
+        "queue.buffering.max.ms",
+        "set kafka.producer_linger_ms instead",
+    ),
+    (
+        "batch.num.messages",
+        "set kafka.producer_batch_max_records instead",
+    ),
+    ("fetch.wait.max.ms", "set kafka.fetch_wait_max_ms instead"),
+    ("fetch.min.bytes", "set kafka.fetch_min_bytes instead"),
+    ("message.timeout.ms", "set kafka.produce_timeout_ms instead"),
+    (
+        "enable.idempotence",
+        "producers are idempotent: retries must not duplicate records",
+    ),
+    (
+        "acks",
+        "producers use acks=all: ingest answers only once the event is replicated",
+    ),
+    (
+        "enable.auto.commit",
+        "consumers commit offsets only after a batch is durable",
+    ),
+    (
+        "enable.auto.offset.store",
+        "consumers commit offsets only after a batch is durable",
+    ),
+    ("group.id", "set the service's own group_id instead"),
+];
 
 impl Default for KafkaConfig {
     fn default() -> Self {
@@ -161,7 +239,10 @@ impl Default for KafkaConfig {
             brokers: "127.0.0.1:9092".into(),
             topic_prefix: String::new(),
             produce_timeout_ms: 5_000,
-            fetch_wait_max_ms: 10,
+            producer_linger_ms: default_producer_linger_ms(),
+            producer_batch_max_records: default_producer_batch_max_records(),
+            fetch_wait_max_ms: default_fetch_wait_max_ms(),
+            fetch_min_bytes: default_fetch_min_bytes(),
             partitions: 6,
             properties: BTreeMap::new(),
             topics: TopicSettings::default(),
@@ -382,6 +463,28 @@ impl Validate for KafkaConfig {
         if self.partitions < 1 {
             return Err(invalid(s, "partitions", "must be >= 1"));
         }
+        if self.producer_linger_ms > 900_000 {
+            return Err(invalid(s, "producer_linger_ms", "must be <= 900000"));
+        }
+        if !(1..=1_000_000).contains(&self.producer_batch_max_records) {
+            return Err(invalid(
+                s,
+                "producer_batch_max_records",
+                "must be in 1..=1000000",
+            ));
+        }
+        if self.fetch_min_bytes == 0 || self.fetch_min_bytes > 100_000_000 {
+            return Err(invalid(s, "fetch_min_bytes", "must be in 1..=100000000"));
+        }
+        for key in self.properties.keys() {
+            if let Some((_, why)) = RESERVED_PROPERTIES.iter().find(|(k, _)| k == key) {
+                return Err(invalid(
+                    s,
+                    &format!("properties.{key}"),
+                    format!("not settable here: {why}"),
+                ));
+            }
+        }
         if self
             .topic_prefix
             .chars()
@@ -540,6 +643,36 @@ mod tests {
             .section_or("rules", OpsSettings::listening_on("0.0.0.0:9103"))
             .expect_err("bad addr");
         assert!(err.to_string().contains("rules.http_listen"), "{err}");
+    }
+
+    #[test]
+    fn batching_settings_default_and_reserved_properties_are_refused() {
+        let src = ConfigSource::from_toml("").expect("empty");
+        let k: KafkaConfig = src.section("kafka").expect("defaults");
+        assert_eq!(k.producer_linger_ms, default_producer_linger_ms());
+        assert_eq!(k.fetch_min_bytes, default_fetch_min_bytes());
+        let src =
+            ConfigSource::from_toml("[kafka]\nproducer_linger_ms = 50\nfetch_min_bytes = 65536\n")
+                .expect("loads");
+        let k: KafkaConfig = src.section("kafka").expect("valid");
+        assert_eq!((k.producer_linger_ms, k.fetch_min_bytes), (50, 65_536));
+        for (key, hint) in [
+            ("linger.ms", "kafka.producer_linger_ms"),
+            ("acks", "acks=all"),
+            ("enable.auto.commit", "durable"),
+        ] {
+            let src = ConfigSource::from_toml(&format!("[kafka.properties]\n\"{key}\" = \"1\"\n"))
+                .expect("loads");
+            let err = src.section::<KafkaConfig>("kafka").expect_err(key);
+            let msg = err.to_string();
+            assert!(
+                msg.contains(&format!("kafka.properties.{key}")) && msg.contains(hint),
+                "{msg}"
+            );
+        }
+        let src = ConfigSource::from_toml("[kafka]\nfetch_min_bytes = 0\n").expect("loads");
+        let err = src.section::<KafkaConfig>("kafka").expect_err("zero");
+        assert!(err.to_string().contains("kafka.fetch_min_bytes"), "{err}");
     }
 
     #[test]

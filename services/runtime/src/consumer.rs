@@ -242,8 +242,9 @@ enum RebalanceEvent {
     Revoked(Vec<(String, i32)>),
 }
 
-/// Logs rebalances, keeps the assigned-partitions gauge current, and queues each
-/// change for the loop (the callbacks run inside a poll and cannot await).
+/// Logs rebalances, keeps the assigned-partitions gauge current, queues each change
+/// for the loop (the callbacks run inside a poll and cannot await), and counts fetch
+/// requests from librdkafka's statistics.
 struct RebalanceObserver {
     metrics: ConsumerMetrics,
     prefix: String,
@@ -270,7 +271,11 @@ impl RebalanceObserver {
     }
 }
 
-impl ClientContext for RebalanceObserver {}
+impl ClientContext for RebalanceObserver {
+    fn stats(&self, statistics: rdkafka::statistics::Statistics) {
+        self.metrics.fetch_requests.observe(&statistics);
+    }
+}
 
 impl ConsumerContext for RebalanceObserver {
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -436,6 +441,10 @@ impl<P: BatchProcessor> BatchConsumer<P> {
         for (key, value) in [
             ("session.timeout.ms", "10000"),
             ("heartbeat.interval.ms", "3000"),
+            (
+                "statistics.interval.ms",
+                crate::metrics::STATISTICS_INTERVAL_MS,
+            ),
         ] {
             if !kafka.properties.contains_key(key) {
                 config.set(key, value);
@@ -448,6 +457,7 @@ impl<P: BatchProcessor> BatchConsumer<P> {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("fetch.wait.max.ms", kafka.fetch_wait_max_ms.to_string())
+            .set("fetch.min.bytes", kafka.fetch_min_bytes.to_string())
             .set("partition.assignment.strategy", "range")
             .create_with_context(RebalanceObserver {
                 metrics: metrics.clone(),

@@ -11,7 +11,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use crate::avro::{AvroCodec, CodecError};
 use crate::config::KafkaConfig;
-use crate::metrics::ProducerMetrics;
+use crate::metrics::{ProducerContext, ProducerMetrics, STATISTICS_INTERVAL_MS};
 use crate::ops_http::ReadinessCheck;
 use crate::records::Record;
 use crate::topic_admin::{Mode, TopicError, TopicReport, TopicStatus, reconcile_topics};
@@ -78,7 +78,7 @@ pub struct Delivery {
 /// An idempotent, acks=all producer of typed records. Cheap to clone.
 #[derive(Clone)]
 pub struct EventProducer {
-    producer: FutureProducer,
+    producer: FutureProducer<ProducerContext>,
     codec: AvroCodec,
     cfg: KafkaConfig,
     /// Where produce outcomes are counted.
@@ -100,13 +100,23 @@ impl EventProducer {
         codec: AvroCodec,
         metrics: ProducerMetrics,
     ) -> Result<Self, KafkaError> {
-        let producer: FutureProducer = client_config(cfg, client_id)
+        let mut config = client_config(cfg, client_id);
+        if !cfg.properties.contains_key("statistics.interval.ms") {
+            config.set("statistics.interval.ms", STATISTICS_INTERVAL_MS);
+        }
+        let producer: FutureProducer<ProducerContext> = config
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("compression.type", "lz4")
-            .set("linger.ms", "5")
+            .set("linger.ms", cfg.producer_linger_ms.to_string())
+            .set(
+                "batch.num.messages",
+                cfg.producer_batch_max_records.to_string(),
+            )
             .set("message.timeout.ms", cfg.produce_timeout_ms.to_string())
-            .create()?;
+            .create_with_context(ProducerContext {
+                produce_requests: metrics.produce_requests.clone(),
+            })?;
         Ok(Self {
             producer,
             codec,

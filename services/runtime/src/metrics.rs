@@ -2,13 +2,72 @@
 //! labels are bounded (topic, outcome). A service registers the producer metrics,
 //! the consumer metrics, or both, once in its registry.
 
-use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+};
+use rdkafka::ClientContext;
+use rdkafka::statistics::Statistics;
+
+/// How often librdkafka reports its statistics (request counts), unless
+/// `kafka.properties` sets `statistics.interval.ms`.
+pub const STATISTICS_INTERVAL_MS: &str = "1000";
+
+/// Counts one kind of request a Kafka client sent to the brokers, from librdkafka's
+/// statistics (cumulative per broker; the counter grows by the difference).
+#[derive(Debug, Clone)]
+pub struct RequestCounter {
+    /// librdkafka's name of the request, e.g. `Produce`, `Fetch`.
+    request: &'static str,
+    counter: IntCounter,
+    /// Last cumulative count seen per broker.
+    seen: Arc<Mutex<HashMap<String, i64>>>,
+}
+
+impl RequestCounter {
+    fn new(request: &'static str, counter: IntCounter) -> Self {
+        Self {
+            request,
+            counter,
+            seen: Arc::default(),
+        }
+    }
+
+    /// Adds what `stats` shows beyond the last statistics.
+    pub fn observe(&self, stats: &Statistics) {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        for (name, broker) in &stats.brokers {
+            let now = broker.req.get(self.request).copied().unwrap_or(0);
+            let before = seen.insert(name.clone(), now).unwrap_or(0);
+            if now > before {
+                self.counter.inc_by((now - before) as u64);
+            }
+        }
+    }
+}
+
+/// The context of an [`crate::EventProducer`]'s client: counts produce requests.
+#[derive(Debug, Clone)]
+pub struct ProducerContext {
+    pub produce_requests: RequestCounter,
+}
+
+impl ClientContext for ProducerContext {
+    fn stats(&self, statistics: Statistics) {
+        self.produce_requests.observe(&statistics);
+    }
+}
 
 /// Metrics of an [`crate::EventProducer`].
 #[derive(Debug, Clone)]
 pub struct ProducerMetrics {
     /// Records the broker acknowledged (`outcome=acked`) or failed (`outcome=failed`).
     pub produced: IntCounterVec,
+    /// Produce requests sent (`storepulse_kafka_produce_requests_total`): with
+    /// `produced`, the records per request, i.e. how well the linger batches.
+    pub produce_requests: RequestCounter,
 }
 
 impl ProducerMetrics {
@@ -20,8 +79,16 @@ impl ProducerMetrics {
             ),
             &["topic", "outcome"],
         )?;
+        let requests = IntCounter::new(
+            "kafka_produce_requests_total",
+            "Produce requests sent to the brokers (each carries one partition's batch)",
+        )?;
         registry.register(Box::new(produced.clone()))?;
-        Ok(Self { produced })
+        registry.register(Box::new(requests.clone()))?;
+        Ok(Self {
+            produced,
+            produce_requests: RequestCounter::new("Produce", requests),
+        })
     }
 }
 
@@ -38,11 +105,19 @@ pub struct ConsumerMetrics {
     pub assigned_partitions: IntGaugeVec,
     /// Partitions held at a record whose writer schema is unknown, by topic.
     pub paused_partitions: IntGaugeVec,
+    /// Fetch requests sent (`storepulse_kafka_fetch_requests_total`).
+    pub fetch_requests: RequestCounter,
 }
 
 impl ConsumerMetrics {
     pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let fetches = IntCounter::new(
+            "kafka_fetch_requests_total",
+            "Fetch requests sent to the brokers",
+        )?;
+        registry.register(Box::new(fetches.clone()))?;
         let m = Self {
+            fetch_requests: RequestCounter::new("Fetch", fetches),
             consumed: IntCounterVec::new(
                 Opts::new("consumed_records_total", "Records read from Kafka"),
                 &["topic"],
