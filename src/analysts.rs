@@ -4,8 +4,10 @@
 //! Isolation is row-level security (migration 0006): every tenant-scoped relation has
 //! a policy `tenant_id = storepulse_analyst_tenant(current_user)`, the tenant recorded for the
 //! querying role in `analyst_roles`. A role created here may read exactly the
-//! relations that carry such a policy (raw events, dead letters, rollups) plus the
-//! reference table `sensor_limits`; nothing else (API keys, offsets).
+//! relations that carry such a policy (raw events, dead letters, rollups, current
+//! state), the views over them (which run with the analyst's rights, so the policies
+//! apply: `security_invoker`), plus the reference table `sensor_limits`; nothing
+//! else (API keys, offsets).
 
 use deadpool_postgres::Pool;
 use storepulse_runtime::db::describe;
@@ -84,7 +86,10 @@ pub async fn create(
     let relations = tx
         .query(
             "SELECT c.relname FROM pg_class c
-             WHERE c.relnamespace = 'public'::regnamespace AND c.relrowsecurity
+             WHERE c.relnamespace = 'public'::regnamespace
+               AND (c.relrowsecurity
+                    OR (c.relkind = 'v'
+                        AND 'security_invoker=true' = ANY (coalesce(c.reloptions, '{}'))))
              ORDER BY 1",
             &[],
         )

@@ -83,6 +83,57 @@ async fn an_analyst_role_sees_only_its_tenant() {
             .insert((topic::SENSOR_READINGS.into(), 0), offset as i64 + 1);
     }
     writer.apply(&batch).await.expect("apply");
+    // Every other topic's relations, for both tenants.
+    let mut feed = support::feed::Feed::new(&db.pool, "g");
+    let now = chrono::Utc::now().timestamp_micros();
+    for (n, tenant) in ["acme", "acme", "globex"].iter().enumerate() {
+        let envelope = Envelope {
+            event_id: Uuid::new_v4().to_string(),
+            tenant_id: tenant.to_string(),
+            store_id: "s-1".into(),
+            occurred_at: now,
+            received_at: now,
+            source: "test".into(),
+        };
+        feed.push(&AlertTransition {
+            envelope: envelope.clone(),
+            alert_id: format!("a-{n}"),
+            rule_id: "r".into(),
+            state: AlertState::Firing,
+            severity: AlertSeverity::Warning,
+            subject: "freezer-1".into(),
+            summary: "warm".into(),
+            value: None,
+            started_at: now,
+            labels: Default::default(),
+        });
+        feed.push(&DemandForecast {
+            envelope: envelope.clone(),
+            sku: "milk".into(),
+            method: "m".into(),
+            interval_level: 0.9,
+            days: vec![ForecastDay {
+                date: (now / 86_400_000_000) as i32 + 1,
+                mean: 1.0,
+                lower: 0.0,
+                upper: 2.0,
+            }],
+            on_hand: None,
+            days_of_cover: None,
+            stock_out_probability: None,
+        });
+        feed.push(&NotificationOutcome {
+            envelope,
+            alert_id: format!("a-{n}"),
+            alert_state: NotifiedState::Firing,
+            receiver: "manager".into(),
+            channel: Channel::Email,
+            status: DeliveryStatus::Delivered,
+            attempts: 1,
+            error: None,
+        });
+    }
+    feed.flush().await.expect("apply");
 
     let url = &db.postgres.url;
     let out = storepulse(
@@ -157,6 +208,18 @@ async fn an_analyst_role_sees_only_its_tenant() {
             .expect("rollup"),
         2
     );
+    for relation in [
+        "alert_transitions",
+        "demand_forecasts",
+        "demand_forecast_days",
+        "notification_outcomes",
+    ] {
+        let all = client
+            .query_one(&format!("SELECT count(*) FROM {relation}"), &[])
+            .await
+            .map(|r| r.get::<_, i64>(0));
+        assert_eq!(all.expect(relation), 2, "{relation}: only acme's rows");
+    }
     let denied = count("SELECT count(*) FROM api_keys").await;
     assert!(denied.is_err(), "no access to API keys");
     let denied = client.execute("DELETE FROM sensor_readings", &[]).await;
@@ -177,4 +240,45 @@ async fn an_analyst_role_sees_only_its_tenant() {
             .is_err(),
         "the role is gone"
     );
+}
+
+/// Every relation with a `tenant_id` column is isolated: a table has row-level
+/// security with the tenant policy, a view runs with its invoker's rights (so the
+/// policies of the tables under it apply).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_tenant_scoped_relation_is_isolated() {
+    let db = TestDb::start("analystsrls").await;
+    let client = db.pool.get().await.expect("client");
+    let open: Vec<String> = client
+        .query(
+            "SELECT c.relname || ' (' || c.relkind::text || ')'
+             FROM pg_class c
+             JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped
+             WHERE c.relnamespace = 'public'::regnamespace
+               AND c.relkind IN ('r', 'p', 'v', 'm')
+               -- internal: roles, API keys, the idempotency ledger (never granted to analysts)
+               AND c.relname NOT IN ('analyst_roles', 'api_keys', 'event_keys')
+               AND NOT CASE c.relkind
+                   WHEN 'v' THEN coalesce('security_invoker=true' = ANY (c.reloptions), false)
+                   ELSE c.relrowsecurity AND EXISTS (
+                       SELECT 1 FROM pg_policy p
+                       WHERE p.polrelid = c.oid AND p.polname = 'tenant_isolation')
+               END
+             ORDER BY 1",
+            &[],
+        )
+        .await
+        .expect("catalog")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(open.is_empty(), "not isolated per tenant: {open:?}");
+    let scoped = db
+        .count(
+            "SELECT count(*) FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid
+             WHERE a.attname = 'tenant_id' AND c.relnamespace = 'public'::regnamespace
+               AND c.relkind IN ('r', 'v')",
+        )
+        .await;
+    assert!(scoped >= 16, "the check saw the relations: {scoped}");
 }

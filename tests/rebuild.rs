@@ -13,13 +13,17 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 /// Relations compared, with the columns that differ by construction left out.
-const RELATIONS: [(&str, &str); 12] = [
+const RELATIONS: [(&str, &str); 16] = [
     ("sales", "t"),
     ("sale_lines", "t"),
     ("inventory_changes", "t"),
     ("pos_heartbeats", "t"),
     ("sensor_readings", "t"),
     ("rejected_events", "t"),
+    ("alert_transitions", "t"),
+    ("demand_forecasts", "t"),
+    ("demand_forecast_days", "t"),
+    ("notification_outcomes", "t"),
     (
         "event_id_conflicts",
         "(t.topic, t.partition, t.\"offset\", t.event_id, t.conflicting_hash)",
@@ -30,6 +34,124 @@ const RELATIONS: [(&str, &str); 12] = [
     ("sensor_stats_hourly", "t"),
     ("pos_uptime_daily", "t"),
 ];
+
+async fn send<T: Record>(
+    producer: &FutureProducer,
+    stack: &TestStack,
+    codec: &AvroCodec,
+    record: &T,
+) {
+    producer
+        .send(
+            FutureRecord::to(&stack.kafka.topic(T::TOPIC))
+                .key(&record.envelope().partition_key())
+                .payload(&codec.encode(record).expect("encode")),
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("produce");
+}
+
+/// Alert transitions (an incident firing then resolving, one still firing, a
+/// conflicting reuse of an id), a forecast and notification outcomes of store `i`.
+async fn alerts_forecasts_outcomes(
+    producer: &FutureProducer,
+    stack: &TestStack,
+    codec: &AvroCodec,
+    i: i64,
+    now: i64,
+) -> i64 {
+    let envelope = |n: i64, occurred_at: i64| Envelope {
+        event_id: Uuid::from_u128(1_000_000 + (i * 100 + n) as u128).to_string(),
+        tenant_id: "acme".into(),
+        store_id: format!("s-{i}"),
+        occurred_at,
+        received_at: now,
+        source: "test".into(),
+    };
+    let started = now - 3_600_000_000;
+    let alert = |n: i64, state: AlertState, occurred_at: i64, summary: &str| AlertTransition {
+        envelope: envelope(n, occurred_at),
+        alert_id: format!("freezer-warm/s-{i}/freezer-1"),
+        rule_id: "freezer-warm".into(),
+        state,
+        severity: AlertSeverity::Critical,
+        subject: "freezer-1".into(),
+        summary: summary.into(),
+        value: Some(-11.0),
+        started_at: started,
+        labels: [("appliance", "freezer"), ("zone", "back"), ("team", "ops")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    };
+    send(
+        producer,
+        stack,
+        codec,
+        &alert(1, AlertState::Firing, started + 600_000_000, "warm"),
+    )
+    .await;
+    send(
+        producer,
+        stack,
+        codec,
+        &alert(1, AlertState::Firing, started + 600_000_000, "other"),
+    )
+    .await;
+    let mut sent = 2;
+    if i % 2 == 0 {
+        send(
+            producer,
+            stack,
+            codec,
+            &alert(2, AlertState::Resolved, now, "cool again"),
+        )
+        .await;
+        sent += 1;
+    }
+    let today = (now / 86_400_000_000) as i32;
+    send(
+        producer,
+        stack,
+        codec,
+        &DemandForecast {
+            envelope: envelope(3, now),
+            sku: "milk".into(),
+            method: "croston-sba".into(),
+            interval_level: 0.8,
+            days: (1..=14)
+                .map(|d| ForecastDay {
+                    date: today + d,
+                    mean: 2.0 + d as f64,
+                    lower: 1.0,
+                    upper: 9.0 + d as f64,
+                })
+                .collect(),
+            on_hand: Some(12.0),
+            days_of_cover: Some(2.5),
+            stock_out_probability: Some(0.4),
+        },
+    )
+    .await;
+    send(
+        producer,
+        stack,
+        codec,
+        &NotificationOutcome {
+            envelope: envelope(4, now),
+            alert_id: format!("freezer-warm/s-{i}/freezer-1"),
+            alert_state: NotifiedState::Firing,
+            receiver: "manager".into(),
+            channel: Channel::WhatsApp,
+            status: DeliveryStatus::Delivered,
+            attempts: 1,
+            error: None,
+        },
+    )
+    .await;
+    sent + 2
+}
 
 async fn fingerprint(
     pool: &deadpool_postgres::Pool,
@@ -101,6 +223,10 @@ async fn a_rebuilt_read_store_equals_the_live_one() {
         sent += 1;
     }
     assert_eq!(sent, 400);
+    let mut others = 0;
+    for i in 0..7 {
+        others += alerts_forecasts_outcomes(&producer, &stack, &codec, i, now).await;
+    }
 
     // The live store.
     let shutdown = CancellationToken::new();
@@ -110,6 +236,10 @@ async fn a_rebuilt_read_store_equals_the_live_one() {
             .count("SELECT coalesce(sum(next_offset), 0)::bigint FROM consumer_offsets WHERE topic = 'sensor.readings.v1'")
             .await
             == 400
+            && stack
+                .count("SELECT coalesce(sum(next_offset), 0)::bigint FROM consumer_offsets WHERE topic IN ('alerts.v1', 'forecasts.v1', 'notifications.v1')")
+                .await
+                == others
             && stack.count("SELECT count(*) FROM rejected_events").await == 8)
             .then_some(())
     })
@@ -150,6 +280,28 @@ async fn a_rebuilt_read_store_equals_the_live_one() {
     }
     assert!(fingerprint(&stack.pool, "sensor_readings", "t").await.0 > 300);
     assert!(fingerprint(&stack.pool, "event_id_conflicts", "t").await.0 > 0);
+    assert_eq!(
+        stack
+            .count("SELECT count(*) FROM event_id_conflicts WHERE relation = 'alert_transitions'")
+            .await,
+        7
+    );
+    assert_eq!(
+        fingerprint(&stack.pool, "alert_transitions", "t").await.0,
+        11
+    );
+    assert_eq!(
+        fingerprint(&stack.pool, "demand_forecast_days", "t")
+            .await
+            .0,
+        7 * 14
+    );
+    assert_eq!(
+        fingerprint(&stack.pool, "notification_outcomes", "t")
+            .await
+            .0,
+        7
+    );
 
     // A second rebuild into the same (now used) database is refused.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_storepulse"))

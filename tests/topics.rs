@@ -255,3 +255,18 @@ fn min_insync_above_the_replication_factor_is_refused_before_connecting() {
         "{all}"
     );
 }
+
+/// The compactor consumes only provisioned topics (`storepulse topics`, the dev
+/// stack and the test harness create exactly those).
+#[test]
+fn every_compactor_input_topic_is_provisioned() {
+    for t in storepulse_compactor::INPUT_TOPICS {
+        assert!(topic::PROVISIONED.contains(&t), "{t} is not provisioned");
+    }
+    for t in topic::ALL {
+        assert!(
+            storepulse_compactor::INPUT_TOPICS.contains(&t),
+            "the compactor folds every record topic into the read store; {t} is missing"
+        );
+    }
+}

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod feed;
 pub mod recording_http;
 pub mod recount;
 

@@ -1,7 +1,7 @@
 //! The compactor folds the event log into the Postgres read store.
 //!
-//! It consumes the input topics (sales, inventory, POS device, sensor readings, and
-//! the rejected-records topic) and writes raw rows together with its consumer offsets
+//! It consumes every record topic (sales, inventory, POS device, sensor readings, the
+//! rejected-records topic, alerts, forecasts and notification outcomes) and writes raw rows together with its consumer offsets
 //! in one transaction per batch (see [`writer`]). It is the only writer of the read
 //! store and applies the schema migrations at start. A crash at any point leaves no
 //! gap and no duplicate.

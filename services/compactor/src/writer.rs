@@ -36,20 +36,23 @@ use storepulse_runtime::consumer::{Batch, BatchProcessor, ConsumedRecord, Failur
 use storepulse_runtime::contract::{self, RecordContract};
 use storepulse_runtime::dead_letter::{Rejection, storable_text};
 use storepulse_runtime::records::{
-    Envelope, InventoryChange, PosHeartbeat, Record, RejectedRecord, SaleTransaction,
-    SensorReading, from_micros, topic,
+    AlertTransition, DemandForecast, Envelope, InventoryChange, NotificationOutcome, PosHeartbeat,
+    Record, RejectedRecord, SaleTransaction, SensorReading, from_days, from_micros, topic,
 };
 use storepulse_runtime::vocabulary::Vocabulary;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 /// The topics the compactor folds into the read store.
-pub const INPUT_TOPICS: [&str; 5] = [
+pub const INPUT_TOPICS: [&str; 8] = [
     topic::SALES,
     topic::INVENTORY,
     topic::DEVICE,
     topic::SENSOR_READINGS,
     topic::REJECTED,
+    topic::ALERTS,
+    topic::FORECASTS,
+    topic::NOTIFICATIONS,
 ];
 
 /// A decoded input record with its idempotency key and content hash.
@@ -70,6 +73,9 @@ pub enum RawBody {
     Heartbeat(PosHeartbeat),
     Sensor(SensorReading),
     Rejected(RejectedRecord),
+    Alert(AlertTransition),
+    Forecast(DemandForecast),
+    Notification(NotificationOutcome),
 }
 
 impl RawBody {
@@ -80,6 +86,9 @@ impl RawBody {
             RawBody::Heartbeat(r) => &r.envelope,
             RawBody::Sensor(r) => &r.envelope,
             RawBody::Rejected(r) => &r.envelope,
+            RawBody::Alert(r) => &r.envelope,
+            RawBody::Forecast(r) => &r.envelope,
+            RawBody::Notification(r) => &r.envelope,
         }
     }
 
@@ -91,6 +100,9 @@ impl RawBody {
             RawBody::Heartbeat(_) => Relation::Heartbeats,
             RawBody::Sensor(_) => Relation::Sensor,
             RawBody::Rejected(_) => Relation::Rejected,
+            RawBody::Alert(_) => Relation::Alerts,
+            RawBody::Forecast(_) => Relation::Forecasts,
+            RawBody::Notification(_) => Relation::Notifications,
         }
     }
 }
@@ -103,15 +115,21 @@ enum Relation {
     Heartbeats,
     Sensor,
     Rejected,
+    Alerts,
+    Forecasts,
+    Notifications,
 }
 
 impl Relation {
-    const ALL: [Relation; 5] = [
+    const ALL: [Relation; 8] = [
         Relation::Sales,
         Relation::Inventory,
         Relation::Heartbeats,
         Relation::Sensor,
         Relation::Rejected,
+        Relation::Alerts,
+        Relation::Forecasts,
+        Relation::Notifications,
     ];
 
     fn table(self) -> &'static str {
@@ -121,43 +139,66 @@ impl Relation {
             Relation::Heartbeats => "pos_heartbeats",
             Relation::Sensor => "sensor_readings",
             Relation::Rejected => "rejected_events",
+            Relation::Alerts => "alert_transitions",
+            Relation::Forecasts => "demand_forecasts",
+            Relation::Notifications => "notification_outcomes",
         }
     }
 
     /// The statement that inserts the relation's rows: keys into `event_keys`, rows
-    /// for the keys inserted (CTE `ins`); with `rollups`, the rollup increments from
-    /// `ins` in the same statement (plain PostgreSQL, decision 0008). Selects the keys
-    /// inserted.
+    /// for the keys inserted (CTE `ins`), then the current-state relations kept from
+    /// `ins` (both flavours); with `rollups`, the rollup increments from `ins` in the
+    /// same statement (plain PostgreSQL, decision 0008). Selects the keys inserted.
     fn insert_sql(self, rollups: bool) -> String {
-        let (raw, rollup) = match self {
-            Relation::Sales => (include_str!("../sql/insert_sales.sql"), None),
-            Relation::Inventory => (include_str!("../sql/insert_inventory.sql"), None),
+        let (raw, state, rollup) = match self {
+            Relation::Sales => (include_str!("../sql/insert_sales.sql"), None, None),
+            Relation::Inventory => (include_str!("../sql/insert_inventory.sql"), None, None),
             Relation::Heartbeats => (
                 include_str!("../sql/insert_heartbeats.sql"),
+                None,
                 Some(include_str!("../sql/rollup_heartbeats.sql")),
             ),
             Relation::Sensor => (
                 include_str!("../sql/insert_sensor_readings.sql"),
+                None,
                 Some(include_str!("../sql/rollup_sensor_readings.sql")),
             ),
-            Relation::Rejected => (include_str!("../sql/insert_rejected.sql"), None),
+            Relation::Rejected => (include_str!("../sql/insert_rejected.sql"), None, None),
+            Relation::Alerts => (
+                include_str!("../sql/insert_alert_transitions.sql"),
+                None,
+                None,
+            ),
+            Relation::Forecasts => (
+                include_str!("../sql/insert_demand_forecasts.sql"),
+                None,
+                None,
+            ),
+            Relation::Notifications => (
+                include_str!("../sql/insert_notification_outcomes.sql"),
+                None,
+                None,
+            ),
         };
         compose(
             raw,
-            rollup.filter(|_| rollups),
+            [state, rollup.filter(|_| rollups)],
             "SELECT tenant_id, store_id, event_id FROM ins",
         )
     }
 }
 
-/// One statement from an insert's CTEs, the optional rollup CTEs continuing them, and
-/// the final select.
-fn compose(raw: &str, rollup: Option<&str>, select: &str) -> String {
-    let mut sql = String::with_capacity(raw.len() + rollup.map_or(0, str::len) + select.len());
-    sql.push_str(raw.trim_end());
-    if let Some(rollup) = rollup {
+/// One statement from an insert's CTEs, the CTEs continuing them (current state,
+/// rollups; `None`: left out), and the final select.
+fn compose<'a>(
+    raw: &str,
+    continuations: impl IntoIterator<Item = Option<&'a str>>,
+    select: &str,
+) -> String {
+    let mut sql = raw.trim_end().to_string();
+    for part in continuations.into_iter().flatten() {
         sql.push('\n');
-        sql.push_str(rollup.trim_end());
+        sql.push_str(part.trim_end());
     }
     sql.push('\n');
     sql.push_str(select);
@@ -169,6 +210,7 @@ fn compose(raw: &str, rollup: Option<&str>, select: &str) -> String {
 struct Statements {
     insert: BTreeMap<Relation, String>,
     sale_lines: String,
+    forecast_days: String,
 }
 
 impl Statements {
@@ -180,7 +222,12 @@ impl Statements {
                 .collect(),
             sale_lines: compose(
                 include_str!("../sql/insert_sale_lines.sql"),
-                Some(include_str!("../sql/rollup_sale_lines.sql")).filter(|_| rollups),
+                [Some(include_str!("../sql/rollup_sale_lines.sql")).filter(|_| rollups)],
+                "SELECT count(*) FROM ins",
+            ),
+            forecast_days: compose(
+                include_str!("../sql/insert_forecast_days.sql"),
+                [],
                 "SELECT count(*) FROM ins",
             ),
         }
@@ -295,6 +342,24 @@ fn rj(b: &RawBody) -> Option<&RejectedRecord> {
         _ => None,
     }
 }
+fn alert(b: &RawBody) -> Option<&AlertTransition> {
+    match b {
+        RawBody::Alert(a) => Some(a),
+        _ => None,
+    }
+}
+fn forecast(b: &RawBody) -> Option<&DemandForecast> {
+    match b {
+        RawBody::Forecast(f) => Some(f),
+        _ => None,
+    }
+}
+fn outcome(b: &RawBody) -> Option<&NotificationOutcome> {
+    match b {
+        RawBody::Notification(n) => Some(n),
+        _ => None,
+    }
+}
 
 /// The parameters of `relation`'s insert statement.
 fn insert_params(relation: Relation, rows: &[Row<'_>]) -> Params {
@@ -353,6 +418,40 @@ fn insert_params(relation: Relation, rows: &[Row<'_>]) -> Params {
             p.push(column(rows, |b| {
                 rj(b).map(|r| r.original_sha256.as_deref().map(text))
             }));
+        }
+        Relation::Alerts => {
+            p.push(column(rows, |b| alert(b).map(|a| a.alert_id.clone())));
+            p.push(column(rows, |b| alert(b).map(|a| a.rule_id.clone())));
+            p.push(column(rows, |b| alert(b).map(|a| a.state.as_str())));
+            p.push(column(rows, |b| alert(b).map(|a| a.severity.as_str())));
+            p.push(column(rows, |b| alert(b).map(|a| a.subject.clone())));
+            p.push(column(rows, |b| alert(b).map(|a| a.summary.clone())));
+            p.push(column(rows, |b| alert(b).map(|a| a.value)));
+            p.push(column(rows, |b| {
+                alert(b).map(|a| from_micros(a.started_at))
+            }));
+            p.push(column(rows, |b| {
+                alert(b).map(|a| serde_json::json!(a.labels))
+            }));
+        }
+        Relation::Forecasts => {
+            p.push(column(rows, |b| forecast(b).map(|f| f.sku.clone())));
+            p.push(column(rows, |b| forecast(b).map(|f| f.method.clone())));
+            p.push(column(rows, |b| forecast(b).map(|f| f.interval_level)));
+            p.push(column(rows, |b| forecast(b).map(|f| f.on_hand)));
+            p.push(column(rows, |b| forecast(b).map(|f| f.days_of_cover)));
+            p.push(column(rows, |b| {
+                forecast(b).map(|f| f.stock_out_probability)
+            }));
+        }
+        Relation::Notifications => {
+            p.push(column(rows, |b| outcome(b).map(|n| n.alert_id.clone())));
+            p.push(column(rows, |b| outcome(b).map(|n| n.alert_state.as_str())));
+            p.push(column(rows, |b| outcome(b).map(|n| n.receiver.clone())));
+            p.push(column(rows, |b| outcome(b).map(|n| n.channel.as_str())));
+            p.push(column(rows, |b| outcome(b).map(|n| n.status.as_str())));
+            p.push(column(rows, |b| outcome(b).map(|n| n.attempts)));
+            p.push(column(rows, |b| outcome(b).map(|n| n.error.clone())));
         }
     }
     p.push(Box::new(
@@ -599,6 +698,64 @@ impl ReadStoreWriter {
         Ok(())
     }
 
+    /// Inserts the daily points of the forecasts that were inserted (never of a
+    /// conflicting one).
+    async fn insert_forecast_days(
+        &self,
+        tx: &Transaction<'_>,
+        forecasts: &[Row<'_>],
+        inserted: &HashSet<EventKey>,
+    ) -> Result<(), WriteError> {
+        let mut tenants = Vec::new();
+        let mut stores = Vec::new();
+        let mut ids = Vec::new();
+        let mut days = Vec::new();
+        let mut skus = Vec::new();
+        let mut issued = Vec::new();
+        let (mut mean, mut lower, mut upper) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut methods, mut levels) = (Vec::new(), Vec::new());
+        for row in forecasts.iter().filter(|r| inserted.contains(&r.key)) {
+            let RawBody::Forecast(f) = &row.at.item.body else {
+                continue;
+            };
+            for d in &f.days {
+                // The contract admits only representable dates.
+                let Some(day) = from_days(d.date) else {
+                    continue;
+                };
+                tenants.push(row.key.0.as_str());
+                stores.push(row.key.1.as_str());
+                ids.push(row.key.2);
+                days.push(day);
+                skus.push(f.sku.as_str());
+                issued.push(from_micros(f.envelope.occurred_at));
+                mean.push(d.mean);
+                lower.push(d.lower);
+                upper.push(d.upper);
+                methods.push(f.method.as_str());
+                levels.push(f.interval_level);
+            }
+        }
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let stmt = tx.prepare_cached(&self.statements.forecast_days).await?;
+        let n: i64 = tx
+            .query_one(
+                &stmt,
+                &[
+                    &tenants, &stores, &ids, &days, &skus, &issued, &mean, &lower, &upper,
+                    &methods, &levels,
+                ],
+            )
+            .await?
+            .get(0);
+        self.rows_written
+            .with_label_values(&["demand_forecast_days"])
+            .inc_by(n.unsigned_abs());
+        Ok(())
+    }
+
     async fn record_conflicts(
         &self,
         tx: &Transaction<'_>,
@@ -653,33 +810,74 @@ impl ReadStoreWriter {
     }
 }
 
-/// Content hash of a record: its encoding with `received_at` zeroed (a retry is
-/// received again, later, but is the same event).
+/// Content hash of a record: SHA-256 of its encoding after `strip` took out what is
+/// not content (`received_at`: a retry is received again, later, but is the same
+/// event), followed by what `strip` returns (the canonical form of what has no
+/// canonical encoding: an Avro map is written in the order of a `HashMap`).
 fn content_hash<T: Record + Clone>(
     codec: &AvroCodec,
     record: &T,
-    zero_received: impl FnOnce(&mut T),
+    strip: impl FnOnce(&mut T) -> Vec<u8>,
 ) -> Result<Vec<u8>, Rejection> {
     let mut copy = record.clone();
-    zero_received(&mut copy);
+    let canonical = strip(&mut copy);
     let bytes = codec
         .encode(&copy)
         .map_err(|e| Rejection::whole(format!("cannot re-encode {}: {e}", T::TOPIC)))?;
-    Ok(Sha256::digest(&bytes).to_vec())
+    let mut digest = Sha256::new();
+    digest.update(&bytes);
+    digest.update(&canonical);
+    Ok(digest.finalize().to_vec())
+}
+
+/// What of a record is its content (see [`content_hash`]).
+trait Content: Record + Clone + RecordContract {
+    /// Clears what is not content, and what has no canonical encoding, returning the
+    /// latter in a canonical form.
+    fn strip(&mut self) -> Vec<u8>;
+}
+
+macro_rules! content_without_received_at {
+    ($($ty:ty),+) => {$(
+        impl Content for $ty {
+            fn strip(&mut self) -> Vec<u8> {
+                self.envelope.received_at = 0;
+                Vec::new()
+            }
+        }
+    )+};
+}
+content_without_received_at!(
+    SaleTransaction,
+    InventoryChange,
+    PosHeartbeat,
+    SensorReading,
+    DemandForecast,
+    NotificationOutcome
+);
+
+impl Content for AlertTransition {
+    /// The labels, sorted by name, as JSON (a map's Avro encoding follows the
+    /// `HashMap`'s iteration order, which differs between processes).
+    fn strip(&mut self) -> Vec<u8> {
+        self.envelope.received_at = 0;
+        let labels: BTreeMap<String, String> =
+            std::mem::take(&mut self.labels).into_iter().collect();
+        serde_json::to_vec(&labels).unwrap_or_default()
+    }
 }
 
 /// Decodes a record and checks it against the topic contract
 /// ([`storepulse_runtime::contract`]): what breaks it is dead-lettered, never stored.
-fn decode_as<T: Record + Clone + RecordContract>(
+fn decode_as<T: Content>(
     codec: &AvroCodec,
     rec: &ConsumedRecord,
     wrap: fn(T) -> RawBody,
-    envelope_mut: fn(&mut T) -> &mut Envelope,
 ) -> Result<RawEvent, Rejection> {
     let value: T = decode_record(codec, rec)?;
     let id = contract::check_envelope(value.envelope(), rec.key.as_deref())?;
     value.check_body()?;
-    let content_hash = content_hash(codec, &value, |v| envelope_mut(v).received_at = 0)?;
+    let content_hash = content_hash(codec, &value, T::strip)?;
     Ok(RawEvent {
         id,
         content_hash,
@@ -710,6 +908,7 @@ fn decode_rejected(codec: &AvroCodec, rec: &ConsumedRecord) -> Result<RawEvent, 
     let content_hash = content_hash(codec, &value, |v| {
         v.envelope.received_at = 0;
         v.envelope.occurred_at = 0;
+        Vec::new()
     })?;
     Ok(RawEvent {
         id,
@@ -725,21 +924,14 @@ impl BatchProcessor for ReadStoreWriter {
     fn decode(&self, rec: &ConsumedRecord) -> Result<RawEvent, Rejection> {
         let c = &self.codec;
         match rec.topic.as_str() {
-            topic::SALES => decode_as(c, rec, RawBody::Sale, |r: &mut SaleTransaction| {
-                &mut r.envelope
-            }),
-            topic::INVENTORY => decode_as(c, rec, RawBody::Inventory, |r: &mut InventoryChange| {
-                &mut r.envelope
-            }),
-            topic::DEVICE => decode_as(c, rec, RawBody::Heartbeat, |r: &mut PosHeartbeat| {
-                &mut r.envelope
-            }),
-            topic::SENSOR_READINGS => {
-                decode_as(c, rec, RawBody::Sensor, |r: &mut SensorReading| {
-                    &mut r.envelope
-                })
-            }
+            topic::SALES => decode_as(c, rec, RawBody::Sale),
+            topic::INVENTORY => decode_as(c, rec, RawBody::Inventory),
+            topic::DEVICE => decode_as(c, rec, RawBody::Heartbeat),
+            topic::SENSOR_READINGS => decode_as(c, rec, RawBody::Sensor),
             topic::REJECTED => decode_rejected(c, rec),
+            topic::ALERTS => decode_as(c, rec, RawBody::Alert),
+            topic::FORECASTS => decode_as(c, rec, RawBody::Forecast),
+            topic::NOTIFICATIONS => decode_as(c, rec, RawBody::Notification),
             other => Err(Rejection::whole(format!(
                 "compactor does not read topic {other}"
             ))),
@@ -796,8 +988,10 @@ impl BatchProcessor for ReadStoreWriter {
             let inserted = self
                 .insert(&tx, relation, rows, &mut conflicts, &mut standing)
                 .await?;
-            if relation == Relation::Sales {
-                self.insert_lines(&tx, rows, &inserted).await?;
+            match relation {
+                Relation::Sales => self.insert_lines(&tx, rows, &inserted).await?,
+                Relation::Forecasts => self.insert_forecast_days(&tx, rows, &inserted).await?,
+                _ => {}
             }
         }
         for (relation, key, p) in later {

@@ -13,12 +13,19 @@ use uuid::Uuid;
 
 use crate::dead_letter::Rejection;
 use crate::records::{
-    Envelope, InventoryChange, InventoryChangeKind, PosHeartbeat, SaleKind, SaleTransaction,
-    SensorKind, SensorReading, store_key,
+    AlertTransition, DeliveryStatus, DemandForecast, Envelope, InventoryChange,
+    InventoryChangeKind, NotificationOutcome, PosHeartbeat, SaleKind, SaleTransaction, SensorKind,
+    SensorReading, store_key,
 };
 
 /// Longest identifier (ids, SKUs, names): bounds row and label sizes.
 pub const MAX_ID_LEN: usize = 128;
+/// Longest free text (an alert's summary, a delivery error): bounds row sizes.
+pub const MAX_TEXT_LEN: usize = 4096;
+/// Most labels on one alert (labels route notifications; a bounded set).
+pub const MAX_LABELS: usize = 64;
+/// Most days in one demand forecast (a year ahead).
+pub const MAX_FORECAST_DAYS: usize = 366;
 /// Most line items in one transaction.
 pub const MAX_LINES: usize = 500;
 /// Quantities carry at most three decimals (grams of a kilogram), so money is exact
@@ -85,6 +92,26 @@ pub fn check_text(field: &str, value: &str) -> Result<(), Rejection> {
     }
 }
 
+/// A free text (a message): bounded by [`MAX_TEXT_LEN`], no NUL; may be empty unless
+/// `required`.
+pub fn check_message(field: &str, value: &str, required: bool) -> Result<(), Rejection> {
+    if required && value.trim().is_empty() {
+        Err(Rejection::field(field, "must not be empty"))
+    } else if value.len() > MAX_TEXT_LEN {
+        Err(Rejection::field(
+            field,
+            format!("longer than {MAX_TEXT_LEN} bytes"),
+        ))
+    } else if value.contains('\0') {
+        Err(Rejection::field(
+            field,
+            "contains a NUL character (\\u0000), which cannot be stored",
+        ))
+    } else {
+        Ok(())
+    }
+}
+
 fn check_opt_text(field: &str, value: Option<&str>) -> Result<(), Rejection> {
     value.map_or(Ok(()), |v| check_text(field, v))
 }
@@ -96,6 +123,21 @@ fn check_time(field: &str, micros: i64) -> Result<(), Rejection> {
             field,
             format!(
                 "{micros} µs since the epoch is outside the years {}..={}",
+                YEARS.start(),
+                YEARS.end()
+            ),
+        )),
+    }
+}
+
+/// A `date` (days since the epoch) in [`YEARS`].
+fn check_date(field: &str, days: i32) -> Result<(), Rejection> {
+    match crate::records::from_days(days) {
+        Some(d) if YEARS.contains(&d.year()) => Ok(()),
+        _ => Err(Rejection::field(
+            field,
+            format!(
+                "{days} days since the epoch is outside the years {}..={}",
                 YEARS.start(),
                 YEARS.end()
             ),
@@ -255,6 +297,133 @@ impl RecordContract for SensorReading {
         }
         if !sensor_value_ok(self.kind, self.value) {
             return Err(Rejection::field("value", sensor_range(self.kind).1));
+        }
+        Ok(())
+    }
+}
+
+impl RecordContract for AlertTransition {
+    /// Ids and the subject are identifiers; the summary a bounded message; the value,
+    /// when given, finite; the condition began (`started_at`) no later than this
+    /// transition (`envelope.occurred_at`); at most [`MAX_LABELS`] labels with
+    /// identifier names and bounded values.
+    fn check_body(&self) -> Result<(), Rejection> {
+        check_text("alert_id", &self.alert_id)?;
+        check_text("rule_id", &self.rule_id)?;
+        check_text("subject", &self.subject)?;
+        check_message("summary", &self.summary, false)?;
+        if let Some(v) = self.value {
+            finite("value", v)?;
+        }
+        check_time("started_at", self.started_at)?;
+        if self.started_at > self.envelope.occurred_at {
+            return Err(Rejection::field(
+                "started_at",
+                "is after the transition (envelope.occurred_at); a condition begins before it fires or resolves",
+            ));
+        }
+        if self.labels.len() > MAX_LABELS {
+            return Err(Rejection::field(
+                "labels",
+                format!("more than {MAX_LABELS} labels"),
+            ));
+        }
+        for (name, value) in &self.labels {
+            check_text("labels", name)?;
+            if value.len() > MAX_ID_LEN || value.contains('\0') {
+                return Err(Rejection::field(
+                    format!("labels.{name}"),
+                    format!("must be at most {MAX_ID_LEN} bytes without NUL"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl RecordContract for DemandForecast {
+    /// Identifier texts; `interval_level` in (0, 1); 1 to [`MAX_FORECAST_DAYS`] days,
+    /// each date once and in [`YEARS`], with finite `0 <= lower <= mean <= upper`
+    /// (demand is never negative); `on_hand` finite, `days_of_cover` finite and
+    /// >= 0, `stock_out_probability` in [0, 1], when given.
+    fn check_body(&self) -> Result<(), Rejection> {
+        check_text("sku", &self.sku)?;
+        check_text("method", &self.method)?;
+        if !(self.interval_level > 0.0 && self.interval_level < 1.0) {
+            return Err(Rejection::field(
+                "interval_level",
+                "must be a coverage strictly between 0 and 1, e.g. 0.9",
+            ));
+        }
+        if self.days.is_empty() {
+            return Err(Rejection::field("days", "must have at least one day"));
+        }
+        if self.days.len() > MAX_FORECAST_DAYS {
+            return Err(Rejection::field(
+                "days",
+                format!("more than {MAX_FORECAST_DAYS} days"),
+            ));
+        }
+        let mut seen = std::collections::HashSet::with_capacity(self.days.len());
+        for (i, d) in self.days.iter().enumerate() {
+            check_date(&format!("days[{i}].date"), d.date)?;
+            if !seen.insert(d.date) {
+                return Err(Rejection::field(
+                    format!("days[{i}].date"),
+                    "repeats a date of this forecast; each day is forecast once",
+                ));
+            }
+            for (name, v) in [("lower", d.lower), ("mean", d.mean), ("upper", d.upper)] {
+                finite(&format!("days[{i}].{name}"), v)?;
+            }
+            if !(0.0 <= d.lower && d.lower <= d.mean && d.mean <= d.upper) {
+                return Err(Rejection::field(
+                    format!("days[{i}]"),
+                    format!(
+                        "must satisfy 0 <= lower <= mean <= upper, got {} / {} / {}",
+                        d.lower, d.mean, d.upper
+                    ),
+                ));
+            }
+        }
+        if let Some(v) = self.on_hand {
+            finite("on_hand", v)?;
+        }
+        if let Some(v) = self.days_of_cover {
+            finite("days_of_cover", v)?;
+            if v < 0.0 {
+                return Err(Rejection::field("days_of_cover", "must be >= 0"));
+            }
+        }
+        if let Some(p) = self.stock_out_probability
+            && !(0.0..=1.0).contains(&p)
+        {
+            return Err(Rejection::field(
+                "stock_out_probability",
+                "must be a probability in 0..1",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl RecordContract for NotificationOutcome {
+    /// Identifier texts; `attempts` >= 0, and >= 1 for a delivered notification; the
+    /// error, when given, a bounded message.
+    fn check_body(&self) -> Result<(), Rejection> {
+        check_text("alert_id", &self.alert_id)?;
+        check_text("receiver", &self.receiver)?;
+        if self.attempts < 0 {
+            return Err(Rejection::field("attempts", "must be >= 0"));
+        }
+        if self.status == DeliveryStatus::Delivered && self.attempts == 0 {
+            return Err(Rejection::field(
+                "attempts",
+                "a delivered notification took at least one attempt",
+            ));
+        }
+        if let Some(e) = &self.error {
+            check_message("error", e, false)?;
         }
         Ok(())
     }

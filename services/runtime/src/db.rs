@@ -54,6 +54,11 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../migrations/0006_analyst_roles.sql"),
     },
     Migration {
+        version: 7,
+        name: "alerts_forecasts_state",
+        sql: include_str!("../migrations/0007_alerts_forecasts_state.sql"),
+    },
+    Migration {
         version: 8,
         name: "key_ledger",
         sql: include_str!("../migrations/0008_key_ledger.sql"),

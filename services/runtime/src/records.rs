@@ -126,6 +126,12 @@ pub fn from_micros(us: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(us).unwrap_or_default()
 }
 
+/// The day a `date` value (days since the epoch) stands for, if representable.
+pub fn from_days(days: i32) -> Option<chrono::NaiveDate> {
+    chrono::NaiveDate::from_ymd_opt(1970, 1, 1)?
+        .checked_add_signed(chrono::TimeDelta::try_days(i64::from(days))?)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
 #[avro(namespace = "storepulse.v1")]
 pub enum SaleKind {
