@@ -106,6 +106,8 @@ async fn an_analyst_role_sees_only_its_tenant() {
             value: None,
             started_at: now,
             labels: Default::default(),
+            ended_at: None,
+            rule_kind: None,
         });
         feed.push(&DemandForecast {
             envelope: envelope.clone(),

@@ -84,6 +84,8 @@ async fn alerts_forecasts_outcomes(
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
+        ended_at: (state == AlertState::Resolved).then_some(occurred_at - 60_000_000),
+        rule_kind: Some("threshold".into()),
     };
     send(
         producer,

@@ -63,6 +63,8 @@ fn transition(
             ("aisle", "7"),
             ("team", "ops"),
         ]),
+        ended_at: None,
+        rule_kind: Some("threshold".into()),
     }
 }
 

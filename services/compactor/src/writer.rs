@@ -433,6 +433,10 @@ fn insert_params(relation: Relation, rows: &[Row<'_>]) -> Params {
             p.push(column(rows, |b| {
                 alert(b).map(|a| serde_json::json!(a.labels))
             }));
+            p.push(column(rows, |b| {
+                alert(b).map(|a| a.ended_at.map(from_micros))
+            }));
+            p.push(column(rows, |b| alert(b).map(|a| a.rule_kind.clone())));
         }
         Relation::Forecasts => {
             p.push(column(rows, |b| forecast(b).map(|f| f.sku.clone())));

@@ -23,12 +23,14 @@ CREATE TABLE alert_transitions (
     value        double precision,
     started_at   timestamptz      NOT NULL,
     labels       jsonb            NOT NULL,
+    ended_at     timestamptz,
+    rule_kind    text,
     content_hash bytea            NOT NULL
 );
 CREATE INDEX alert_transitions_incident ON alert_transitions (tenant_id, store_id, alert_id, started_at);
 CREATE INDEX alert_transitions_time ON alert_transitions (occurred_at);
 COMMENT ON TABLE alert_transitions IS
-    'alerts.v1: alert lifecycle transitions (firing, resolved), one row per event; occurred_at is the transition''s event time, started_at when the condition began.';
+    'alerts.v1: alert lifecycle transitions (firing, resolved), one row per event; occurred_at is the transition''s event time, started_at when the condition began, ended_at (resolved only, when the producer says) when it ended.';
 
 -- forecasts.v1 (DemandForecast): one row per forecast, its days in demand_forecast_days
 -- (as sales and sale_lines). issued_at of a day is its forecast's occurred_at.

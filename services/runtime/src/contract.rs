@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::dead_letter::Rejection;
 use crate::records::{
-    AlertTransition, DeliveryStatus, DemandForecast, Envelope, InventoryChange,
+    AlertState, AlertTransition, DeliveryStatus, DemandForecast, Envelope, InventoryChange,
     InventoryChangeKind, NotificationOutcome, PosHeartbeat, SaleKind, SaleTransaction, SensorKind,
     SensorReading, store_key,
 };
@@ -303,10 +303,11 @@ impl RecordContract for SensorReading {
 }
 
 impl RecordContract for AlertTransition {
-    /// Ids and the subject are identifiers; the summary a bounded message; the value,
-    /// when given, finite; the condition began (`started_at`) no later than this
-    /// transition (`envelope.occurred_at`); at most [`MAX_LABELS`] labels with
-    /// identifier names and bounded values.
+    /// Ids, the subject and the rule kind are identifiers; the summary a bounded
+    /// message; the value, when given, finite; the condition began (`started_at`) no
+    /// later than this transition (`envelope.occurred_at`); `ended_at` only on a
+    /// resolved transition, between `started_at` and the transition; at most
+    /// [`MAX_LABELS`] labels with identifier names and bounded values.
     fn check_body(&self) -> Result<(), Rejection> {
         check_text("alert_id", &self.alert_id)?;
         check_text("rule_id", &self.rule_id)?;
@@ -315,12 +316,28 @@ impl RecordContract for AlertTransition {
         if let Some(v) = self.value {
             finite("value", v)?;
         }
+        check_opt_text("rule_kind", self.rule_kind.as_deref())?;
         check_time("started_at", self.started_at)?;
         if self.started_at > self.envelope.occurred_at {
             return Err(Rejection::field(
                 "started_at",
                 "is after the transition (envelope.occurred_at); a condition begins before it fires or resolves",
             ));
+        }
+        if let Some(ended) = self.ended_at {
+            check_time("ended_at", ended)?;
+            if self.state != AlertState::Resolved {
+                return Err(Rejection::field(
+                    "ended_at",
+                    "only a resolved transition says when the condition ended",
+                ));
+            }
+            if ended < self.started_at || ended > self.envelope.occurred_at {
+                return Err(Rejection::field(
+                    "ended_at",
+                    "must lie between started_at and the transition (envelope.occurred_at)",
+                ));
+            }
         }
         if self.labels.len() > MAX_LABELS {
             return Err(Rejection::field(
