@@ -1,5 +1,6 @@
 //! End to end: simulated stores → ingest HTTP → Kafka → compactor → Postgres, with
-//! the compactor SIGKILLed mid-way and restarted.
+//! the compactor SIGKILLed mid-way and restarted — once with a scale-out and retries,
+//! and several times at random points under a load.
 
 mod support;
 
@@ -33,7 +34,19 @@ impl Drop for CompactorProcess {
 }
 
 fn spawn_compactor(stack: &TestStack) -> CompactorProcess {
-    let child = Command::new(env!("CARGO_BIN_EXE_storepulse"))
+    spawn_compactor_configured(stack, None)
+}
+
+/// A compactor process reading `config` (a TOML file) under the stack's environment.
+fn spawn_compactor_configured(
+    stack: &TestStack,
+    config: Option<&std::path::Path>,
+) -> CompactorProcess {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_storepulse"));
+    if let Some(file) = config {
+        cmd.arg("--config").arg(file);
+    }
+    let child = cmd
         .args(["run", "compactor"])
         .envs(stack.service_env("compactor"))
         .env("STOREPULSE_COMPACTOR__BATCH_MAX_RECORDS", "250")
@@ -287,5 +300,196 @@ async fn ten_thousand_events_exactly_once_through_a_compactor_crash() {
         let status = process.0.wait().expect("wait");
         assert!(status.success(), "compactor exits 0 on SIGTERM: {status}");
     }
+    shutdown.cancel();
+}
+
+/// The raw events stored, by id, with how often each is stored.
+async fn stored_ids(stack: &TestStack) -> HashMap<String, i64> {
+    let client = stack.pool.get().await.expect("client");
+    client
+        .query(
+            "SELECT event_id::text, count(*) FROM (
+                 SELECT event_id FROM sales UNION ALL SELECT event_id FROM inventory_changes
+                 UNION ALL SELECT event_id FROM pos_heartbeats
+                 UNION ALL SELECT event_id FROM sensor_readings) e
+             GROUP BY 1",
+            &[],
+        )
+        .await
+        .expect("ids")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+/// Several SIGKILLs of the compactor at random points while stores keep posting (and
+/// re-posting some batches, as gateways retry), each followed by a restart: the read
+/// store ends exact — every valid event stored once, every line, offsets covering
+/// every record, every rollup equal to a recount.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn repeated_sigkills_at_random_points_under_load_leave_the_store_exact() {
+    use rand::{Rng, SeedableRng};
+    let seed: u64 = std::env::var("KILL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| rand::rng().random());
+    eprintln!("kill points from seed {seed} (rerun with KILL_SEED={seed})");
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+
+    let stack = TestStack::start("kills").await;
+    let shutdown = CancellationToken::new();
+    let ingest_url = support::start_ingest(&stack, shutdown.clone()).await;
+    // A killed member's partitions go to its successor once its session expires:
+    // 6 s, the broker's least, so each restart resumes within seconds.
+    let config = stack.dir.path().join("compactor.toml");
+    std::fs::write(
+        &config,
+        "[kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"1000\"\n",
+    )
+    .expect("config");
+    // Every write of sensor rows takes 50 ms longer (a test-only trigger): the
+    // compactor spends most of its time inside transactions, where a kill is likeliest
+    // to leave a half-done batch behind.
+    stack
+        .pool
+        .get()
+        .await
+        .expect("client")
+        .batch_execute(
+            "CREATE FUNCTION test_slow_write() RETURNS trigger LANGUAGE plpgsql AS
+               $$ BEGIN PERFORM pg_sleep(0.05); RETURN NULL; END $$;
+             CREATE TRIGGER test_slow_write AFTER INSERT ON sensor_readings
+               FOR EACH STATEMENT EXECUTE FUNCTION test_slow_write();",
+        )
+        .await
+        .expect("slow-write trigger");
+
+    let mut sim = Simulator::new(SimConfig {
+        tenant_id: "kills".into(),
+        stores: 40,
+        seed,
+        start: Utc::now() - chrono::Duration::days(1),
+        invalid_ratio: 0.0,
+    });
+    let mut keys = HashMap::new();
+    for store in sim.store_ids() {
+        let k = storepulse_ingest::api_keys::create(&stack.pool, "kills", &store, "kills")
+            .await
+            .expect("key");
+        keys.insert(store, k.token);
+    }
+    let events = sim.take(24_000);
+    let valid: HashSet<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
+    let lines_expected: usize = events
+        .iter()
+        .filter_map(|e| e.json.get("lines").and_then(|l| l.as_array()).map(Vec::len))
+        .sum();
+    let gateway = Gateway::new(&ingest_url, keys);
+
+    // Stores post in chunks; every fourth chunk is posted twice (a gateway retry).
+    let posting = async {
+        for (n, chunk) in events.chunks(2_000).enumerate() {
+            gateway.post_all(chunk, 50, 4).await.expect("posted");
+            if n % 4 == 0 {
+                gateway.post_all(chunk, 50, 4).await.expect("re-posted");
+            }
+        }
+    };
+    const KILLS: usize = 5;
+    let killing = async {
+        let mut compactor = spawn_compactor_configured(&stack, Some(&config));
+        let mut mid_stream = 0;
+        for kill in 0..KILLS {
+            // Once this incarnation has written something, a random moment later.
+            let before = stack.count(RAW_COUNT).await;
+            eventually(
+                &format!("progress before kill {kill}"),
+                Duration::from_secs(120),
+                || async { (stack.count(RAW_COUNT).await > before).then_some(()) },
+            )
+            .await;
+            tokio::time::sleep(Duration::from_millis(rng.random_range(0..400))).await;
+            compactor.0.kill().expect("SIGKILL compactor");
+            compactor.0.wait().expect("reap");
+            if stack.count(RAW_COUNT).await < valid.len() as i64 {
+                mid_stream += 1;
+            }
+            compactor = spawn_compactor_configured(&stack, Some(&config));
+        }
+        (compactor, mid_stream)
+    };
+    let ((), (mut compactor, mid_stream)) = tokio::join!(posting, killing);
+    assert!(
+        mid_stream >= KILLS - 1,
+        "kills landed before the end of the stream ({mid_stream} of {KILLS})"
+    );
+
+    let expected = valid.len() as i64;
+    eventually(
+        "every event in Postgres after the kills",
+        Duration::from_secs(180),
+        || async { (stack.count(RAW_COUNT).await >= expected).then_some(()) },
+    )
+    .await;
+    // Offsets cover every record published: the events, plus the re-posted chunks.
+    let reposted: usize = events
+        .chunks(2_000)
+        .enumerate()
+        .filter(|(n, _)| n % 4 == 0)
+        .map(|(_, c)| c.len())
+        .sum();
+    let published = (valid.len() + reposted) as i64;
+    eventually(
+        "offsets covering every published record",
+        Duration::from_secs(120),
+        || async {
+            let next = stack
+                .count("SELECT coalesce(sum(next_offset), 0)::bigint FROM consumer_offsets")
+                .await;
+            (next >= published).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        stack
+            .count("SELECT coalesce(sum(next_offset), 0)::bigint FROM consumer_offsets")
+            .await,
+        published,
+        "offsets neither short nor past the topics"
+    );
+
+    let stored = stored_ids(&stack).await;
+    let twice: Vec<_> = stored.iter().filter(|(_, n)| **n > 1).take(5).collect();
+    assert!(twice.is_empty(), "stored more than once: {twice:?}");
+    let stored_set: HashSet<&str> = stored.keys().map(String::as_str).collect();
+    assert_eq!(stored_set, valid, "exactly the posted events");
+    assert_eq!(
+        stack.count("SELECT count(*) FROM sale_lines").await,
+        lines_expected as i64,
+        "every line once"
+    );
+    assert_eq!(
+        stack.count("SELECT count(*) FROM event_keys").await,
+        expected,
+        "one ledger key per stored event"
+    );
+    assert_eq!(
+        stack.count("SELECT count(*) FROM event_id_conflicts").await,
+        0,
+        "a retry is not a conflict"
+    );
+    support::recount::rollups_equal_recount(&stack.pool)
+        .await
+        .expect("rollups equal a recount of the raw tables after the kills");
+
+    let pid = compactor.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    assert!(compactor.0.wait().expect("wait").success());
     shutdown.cancel();
 }
