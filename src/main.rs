@@ -243,6 +243,16 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// Silence notifications: matchers plus a time range, kept in the notifier's
+    /// tables (schema `notifier` of the database). A notification held by a silence
+    /// is sent when the silence ends if its alert still fires.
+    Silence {
+        #[command(subcommand)]
+        action: SilenceAction,
+        /// Database of the notifier (else the configured postgres.url).
+        #[arg(long, global = true)]
+        database_url: Option<String>,
+    },
     /// Apply read-store schema migrations.
     Migrate {
         #[arg(long)]
@@ -272,6 +282,38 @@ enum KeysAction {
     },
     /// Revoke a key by id; ingest refuses it within its cache TTL.
     Revoke { key_id: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum SilenceAction {
+    /// Add a silence; prints its id.
+    Add {
+        /// `field op "value"` (op =, !=, =~, !~; fields tenant, store, severity, rule,
+        /// subject or a label); repeat for several, all must match.
+        #[arg(long = "matcher", short = 'm', required = true)]
+        matchers: Vec<String>,
+        /// How long from --starts-at, e.g. 2h, 30m, 1d.
+        #[arg(long, conflicts_with = "ends_at")]
+        duration: Option<String>,
+        /// End time (RFC 3339).
+        #[arg(long)]
+        ends_at: Option<chrono::DateTime<chrono::Utc>>,
+        /// Start time (RFC 3339), default now.
+        #[arg(long)]
+        starts_at: Option<chrono::DateTime<chrono::Utc>>,
+        #[arg(long, default_value = "")]
+        comment: String,
+        /// Who adds it (default $USER).
+        #[arg(long)]
+        created_by: Option<String>,
+    },
+    /// List silences not yet ended (--all: ended ones too).
+    List {
+        #[arg(long)]
+        all: bool,
+    },
+    /// End a silence now.
+    Expire { id: uuid::Uuid },
 }
 
 #[derive(Debug, Subcommand)]
@@ -612,6 +654,63 @@ async fn main() -> anyhow::Result<()> {
                 AnalystsAction::Drop { role } => {
                     analysts::drop(&pool, &role).await?;
                     println!("dropped analyst role {role}");
+                }
+            }
+            Ok(())
+        }
+        Command::Silence {
+            action,
+            database_url,
+        } => {
+            use storepulse_notifier::silences;
+            let pool = db::pool(&postgres(&src, database_url)?)?;
+            silences::ensure_schema(&pool).await?;
+            match action {
+                SilenceAction::Add {
+                    matchers,
+                    duration,
+                    ends_at,
+                    starts_at,
+                    comment,
+                    created_by,
+                } => {
+                    let starts_at = starts_at.unwrap_or_else(chrono::Utc::now);
+                    let ends_at = match (ends_at, duration) {
+                        (Some(t), _) => t,
+                        (None, Some(d)) => {
+                            let d = storepulse_notifier::policy::parse_duration(&d)
+                                .map_err(|e| anyhow::anyhow!("--duration: {e}"))?;
+                            starts_at + chrono::Duration::from_std(d)?
+                        }
+                        (None, None) => anyhow::bail!("give --duration or --ends-at"),
+                    };
+                    let by = created_by
+                        .or_else(|| std::env::var("USER").ok())
+                        .unwrap_or_else(|| "cli".into());
+                    let s =
+                        silences::add(&pool, &matchers, starts_at, ends_at, &by, &comment).await?;
+                    println!("{}", s.id);
+                }
+                SilenceAction::List { all } => {
+                    println!(
+                        "{:<36} {:<20} {:<20} {:<12} matchers | comment",
+                        "id", "starts_at", "ends_at", "created_by"
+                    );
+                    for s in silences::list(&pool, all).await? {
+                        println!(
+                            "{:<36} {:<20} {:<20} {:<12} {} | {}",
+                            s.id,
+                            s.starts_at.format("%Y-%m-%dT%H:%M:%SZ"),
+                            s.ends_at.format("%Y-%m-%dT%H:%M:%SZ"),
+                            s.created_by,
+                            s.matchers.join(", "),
+                            s.comment
+                        );
+                    }
+                }
+                SilenceAction::Expire { id } => {
+                    silences::expire(&pool, id).await?;
+                    println!("expired {id}");
                 }
             }
             Ok(())

@@ -685,3 +685,173 @@ async fn sigkill_mid_stream_then_restart_delivers_each_once() {
         requests.len() - by_key.len()
     );
 }
+
+fn cli(stack: &TestStack, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_storepulse"))
+        .args(args)
+        .args(["--database-url", &stack.postgres.url])
+        .env("STOREPULSE_LOG__FORMAT", "text")
+        .output()
+        .expect("run storepulse");
+    assert!(
+        out.status.success(),
+        "storepulse {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silences_and_inhibition_hold_until_they_end() {
+    let stack = TestStack::start("notifier_silences").await;
+    let server = RecordingServer::start().await;
+    let now = chrono::Utc::now();
+    let policy = write_policy(
+        stack.dir.path(),
+        &format!(
+            r#"
+            [route]
+            receiver = "hook"
+            group_wait = "0s"
+            group_interval = "1s"
+            group_by = ["subject"]
+
+            [[receivers]]
+            name = "hook"
+            [[receivers.channels]]
+            type = "webhook"
+            url = "{}/hook"
+
+            [[inhibit_rules]]
+            source_matchers = ['rule = "store-network-down"']
+            target_matchers = ['rule =~ "terminal-offline|sensor-silent"']
+            equal = ["tenant", "store"]
+
+            [[silences]]
+            matchers = ['store = "s-file"']
+            starts_at = "{}"
+            ends_at = "{}"
+            comment = "refit"
+            "#,
+            server.url,
+            (now - chrono::Duration::hours(1)).to_rfc3339(),
+            (now + chrono::Duration::hours(1)).to_rfc3339(),
+        ),
+    );
+    // A silence from the CLI (the notifier has not created its schema yet: the CLI does).
+    let id = cli(
+        &stack,
+        &[
+            "silence",
+            "add",
+            "-m",
+            "store = \"s-cli\"",
+            "-m",
+            "severity =~ \"warning|critical\"",
+            "--duration",
+            "1h",
+            "--comment",
+            "works",
+        ],
+    );
+    let id = id.trim().to_string();
+    assert!(uuid::Uuid::parse_str(&id).is_ok(), "silence id: {id:?}");
+    let listed = cli(&stack, &["silence", "list"]);
+    assert!(
+        listed.contains(&id) && listed.contains("store = \"s-cli\""),
+        "{listed}"
+    );
+
+    let shutdown = CancellationToken::new();
+    let (_ops, handle) = start_notifier(&stack, &policy, &shutdown).await;
+    let with_rule = |store: &str, id: &str, state: &str, rule: &str| {
+        let mut a = alert(store, id, state, "Warning", &[]);
+        a.rule_id = rule.into();
+        a
+    };
+    let p = producer(&stack);
+    publish(
+        &p,
+        &[
+            with_rule("s-1", "net1", "Firing", "store-network-down"),
+            with_rule("s-1", "term1", "Firing", "terminal-offline"),
+            with_rule("s-2", "term2", "Firing", "terminal-offline"),
+            with_rule("s-cli", "cli1", "Firing", "freezer-warm"),
+            with_rule("s-file", "file1", "Firing", "freezer-warm"),
+            with_rule("s-file", "file1", "Resolved", "freezer-warm"),
+        ],
+    )
+    .await;
+    eventually("unheld alerts delivered", WITHIN, || async {
+        let t = transitions(&server.requests());
+        (t.len() >= 2).then_some(())
+    })
+    .await;
+    // The silenced resolve and its held firing transition are suppressed, never sent.
+    eventually("file-silenced alert suppressed", WITHIN, || async {
+        (stack
+            .count("SELECT count(*) FROM notifier.deliveries WHERE alert_id = 'file1' AND status = 'suppressed'")
+            .await
+            == 2)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        transitions(&server.requests()),
+        ["net1:firing", "term2:firing"]
+    );
+    assert_eq!(
+        stack.count("SELECT count(*) FROM notifier.deliveries WHERE alert_id IN ('term1', 'cli1') AND status = 'pending'").await,
+        2,
+        "inhibited and silenced alerts are held"
+    );
+
+    // The silence ends while its alert still fires: it is notified then.
+    cli(&stack, &["silence", "expire", &id]);
+    eventually(
+        "silenced alert sent once its silence ended",
+        WITHIN,
+        || async {
+            transitions(&server.requests())
+                .contains(&"cli1:firing".to_string())
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(
+        !cli(&stack, &["silence", "list"]).contains(&id),
+        "expired silences are not listed"
+    );
+    assert!(cli(&stack, &["silence", "list", "--all"]).contains(&id));
+    // The store's network is back: the inhibited terminal alert, still firing, is sent.
+    publish(
+        &p,
+        &[with_rule("s-1", "net1", "Resolved", "store-network-down")],
+    )
+    .await;
+    eventually(
+        "inhibited alert sent once its source resolved",
+        WITHIN,
+        || async {
+            transitions(&server.requests())
+                .contains(&"term1:firing".to_string())
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        transitions(&server.requests()),
+        [
+            "cli1:firing",
+            "net1:firing",
+            "net1:resolved",
+            "term1:firing",
+            "term2:firing"
+        ]
+    );
+    shutdown.cancel();
+    handle
+        .await
+        .expect("join")
+        .expect("notifier stopped cleanly");
+}

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use rand::Rng;
 use storepulse_runtime::EventProducer;
@@ -29,8 +29,10 @@ use uuid::Uuid;
 
 use crate::channels::{Outgoing, SendError, send_once};
 use crate::grouping::{GroupClock, Planned, Timings};
+use crate::ledger::PendingDelivery;
 use crate::ledger::{Final, Ledger, LedgerError};
 use crate::policy::{ChannelSpec, Policy, Receiver, RetryPolicy};
+use crate::silences;
 
 /// Namespace of outcome event ids (UUIDv5 over transition, receiver and status).
 const OUTCOME_NAMESPACE: Uuid = Uuid::from_u128(0x6e6f_7469_6669_6572_2d6f_7574_636f_6d65);
@@ -229,7 +231,11 @@ impl Worker {
             .pending(&self.receiver, PENDING_LIMIT)
             .await?;
         let now = Utc::now();
-        let plan = self.clock.plan(pending, &PolicyTimings(&policy), now);
+        let (pending, hold_ends) = self.hold(&policy, pending, now).await?;
+        let mut plan = self.clock.plan(pending, &PolicyTimings(&policy), now);
+        if let Some(end) = hold_ends {
+            plan.next_due = Some(plan.next_due.map_or(end, |n| n.min(end)));
+        }
         let sent_any = !plan.messages.is_empty();
         for planned in plan.messages {
             if shutdown.is_cancelled() {
@@ -248,6 +254,67 @@ impl Worker {
         Ok(Some(plan.next_due.map_or(IDLE_POLL, |due| {
             (due - Utc::now()).to_std().unwrap_or(Duration::ZERO)
         })))
+    }
+
+    /// Drops silenced and inhibited deliveries from `pending` (they stay pending in
+    /// the ledger and go out once nothing holds them); a held resolve is suppressed,
+    /// with its alert's held firing transition. Returns the rest and the earliest end
+    /// of a silence that holds something.
+    async fn hold(
+        &self,
+        policy: &Policy,
+        pending: Vec<PendingDelivery>,
+        now: DateTime<Utc>,
+    ) -> Result<(Vec<PendingDelivery>, Option<DateTime<Utc>>), LedgerError> {
+        if pending.iter().all(|d| d.message_id.is_some()) {
+            return Ok((pending, None));
+        }
+        let silences = silences::active(self.ctx.ledger.pool(), policy, now).await?;
+        let firing = if policy.inhibit_rules.is_empty() {
+            Vec::new()
+        } else {
+            self.ctx.ledger.firing_alerts().await?
+        };
+        if silences.is_empty() && firing.is_empty() {
+            return Ok((pending, None));
+        }
+        let mut ends: Option<DateTime<Utc>> = None;
+        let mut held_resolves = Vec::new();
+        let mut kept = Vec::with_capacity(pending.len());
+        for d in pending {
+            if d.message_id.is_some() {
+                kept.push(d);
+                continue;
+            }
+            let silenced_until = silences
+                .iter()
+                .filter(|s| s.silences(&d.alert))
+                .map(|s| s.ends_at)
+                .min();
+            let inhibited = policy
+                .inhibit_rules
+                .iter()
+                .any(|r| firing.iter().any(|source| r.inhibits(source, &d.alert)));
+            if silenced_until.is_none() && !inhibited {
+                kept.push(d);
+                continue;
+            }
+            if let Some(end) = silenced_until {
+                ends = Some(ends.map_or(end, |e| e.min(end)));
+            }
+            if d.alert_state == "resolved" {
+                held_resolves.push(d.transition_id);
+            }
+        }
+        self.ctx
+            .ledger
+            .suppress(
+                &self.receiver,
+                &held_resolves,
+                "resolved while silenced or inhibited",
+            )
+            .await?;
+        Ok((kept, ends))
     }
 
     async fn send(

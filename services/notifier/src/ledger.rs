@@ -19,11 +19,18 @@ pub const MIGRATIONS: MigrationSet = MigrationSet {
     schema: Some("notifier"),
     table: "schema_migrations",
     lock: 0x5354_5055_4c53_4e01,
-    migrations: &[Migration {
-        version: 1,
-        name: "delivery_ledger",
-        sql: include_str!("../migrations/0001_delivery_ledger.sql"),
-    }],
+    migrations: &[
+        Migration {
+            version: 1,
+            name: "delivery_ledger",
+            sql: include_str!("../migrations/0001_delivery_ledger.sql"),
+        },
+        Migration {
+            version: 2,
+            name: "silences",
+            sql: include_str!("../migrations/0002_silences.sql"),
+        },
+    ],
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -221,6 +228,40 @@ impl Ledger {
                     &attempts,
                     &error,
                 ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The pool (silences share it).
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// Alerts firing now (their resolve not recorded), as messages show them.
+    pub async fn firing_alerts(&self) -> Result<Vec<serde_json::Value>, LedgerError> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(include_str!("../sql/firing_alerts.sql"), &[])
+            .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// Marks held deliveries (and a resolve's held firing transition) suppressed.
+    pub async fn suppress(
+        &self,
+        receiver: &str,
+        transitions: &[String],
+        reason: &str,
+    ) -> Result<(), LedgerError> {
+        if transitions.is_empty() {
+            return Ok(());
+        }
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                include_str!("../sql/suppress.sql"),
+                &[&receiver, &transitions, &reason],
             )
             .await?;
         Ok(())

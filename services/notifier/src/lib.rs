@@ -15,6 +15,7 @@ pub mod grouping;
 pub mod ledger;
 pub mod policy;
 pub mod router;
+pub mod silences;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

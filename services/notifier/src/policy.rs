@@ -44,6 +44,10 @@ struct PolicyFile {
     route: RouteFile,
     #[serde(default)]
     receivers: Vec<ReceiverFile>,
+    #[serde(default)]
+    inhibit_rules: Vec<InhibitFile>,
+    #[serde(default)]
+    silences: Vec<SilenceFile>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -60,6 +64,25 @@ struct RouteFile {
     repeat_interval: Option<String>,
     #[serde(default)]
     routes: Vec<RouteFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InhibitFile {
+    source_matchers: Vec<String>,
+    target_matchers: Vec<String>,
+    #[serde(default)]
+    equal: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SilenceFile {
+    matchers: Vec<String>,
+    starts_at: String,
+    ends_at: String,
+    #[serde(default)]
+    comment: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -214,6 +237,19 @@ impl Field {
         }
     }
 
+    /// This field's value in an alert as messages show it ([`crate::router::alert_view`]).
+    pub fn view_value<'a>(&self, view: &'a serde_json::Value) -> &'a str {
+        let v = match self {
+            Field::Tenant => &view["tenant_id"],
+            Field::Store => &view["store_id"],
+            Field::Severity => &view["severity"],
+            Field::Rule => &view["rule_id"],
+            Field::Subject => &view["subject"],
+            Field::Label(l) => &view["labels"][l],
+        };
+        v.as_str().unwrap_or("")
+    }
+
     pub fn name(&self) -> String {
         match self {
             Field::Tenant => "tenant".into(),
@@ -306,7 +342,15 @@ impl Matcher {
     }
 
     pub fn matches(&self, alert: &AlertTransition) -> bool {
-        let v = self.field.value(alert);
+        self.matches_value(self.field.value(alert))
+    }
+
+    /// Whether an alert as messages show it matches.
+    pub fn matches_view(&self, view: &serde_json::Value) -> bool {
+        self.matches_value(self.field.view_value(view))
+    }
+
+    fn matches_value(&self, v: &str) -> bool {
         match &self.op {
             Op::Eq(x) => v == x,
             Op::Ne(x) => v != x,
@@ -390,6 +434,56 @@ impl Destination<'_> {
 pub struct Policy {
     pub root: Route,
     pub receivers: BTreeMap<String, Receiver>,
+    pub inhibit_rules: Vec<InhibitRule>,
+    /// Silences kept in the policy file (the CLI's are in Postgres).
+    pub silences: Vec<FileSilence>,
+}
+
+/// While an alert matching `source` fires, alerts matching `target` with the same
+/// values of the `equal` fields are held (not notified); an alert never inhibits
+/// itself.
+#[derive(Debug, Clone)]
+pub struct InhibitRule {
+    pub source: Vec<Matcher>,
+    pub target: Vec<Matcher>,
+    pub equal: Vec<Field>,
+}
+
+impl InhibitRule {
+    /// Whether the firing alert `source` inhibits `target` (both as messages show them).
+    pub fn inhibits(&self, source: &serde_json::Value, target: &serde_json::Value) -> bool {
+        source["alert_id"] != target["alert_id"]
+            && self.source.iter().all(|m| m.matches_view(source))
+            && self.target.iter().all(|m| m.matches_view(target))
+            && self
+                .equal
+                .iter()
+                .all(|f| f.view_value(source) == f.view_value(target))
+    }
+}
+
+/// A silence from the policy file.
+#[derive(Debug, Clone)]
+pub struct FileSilence {
+    pub matchers: Vec<Matcher>,
+    pub starts_at: chrono::DateTime<chrono::Utc>,
+    pub ends_at: chrono::DateTime<chrono::Utc>,
+    pub comment: String,
+}
+
+/// Parses a list of matchers, naming `path[i]` on error.
+pub fn matchers_at(path: &str, texts: &[String]) -> Result<Vec<Matcher>, PolicyError> {
+    texts
+        .iter()
+        .enumerate()
+        .map(|(i, m)| Matcher::parse(m).map_err(|e| err(format!("{path}[{i}]"), e)))
+        .collect()
+}
+
+fn time_at(path: &str, text: &str) -> Result<chrono::DateTime<chrono::Utc>, PolicyError> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|e| err(path, format!("{text:?} is not an RFC 3339 time: {e}")))
 }
 
 impl Policy {
@@ -438,7 +532,45 @@ impl Policy {
             ));
         }
         let root = route("route", &file.route, None, &inherited, &receivers)?;
-        Ok(Self { root, receivers })
+        let mut inhibit_rules = Vec::new();
+        for (i, r) in file.inhibit_rules.iter().enumerate() {
+            let path = format!("inhibit_rules[{i}]");
+            if r.source_matchers.is_empty() || r.target_matchers.is_empty() {
+                return Err(err(
+                    path,
+                    "source_matchers and target_matchers must not be empty",
+                ));
+            }
+            inhibit_rules.push(InhibitRule {
+                source: matchers_at(&format!("{path}.source_matchers"), &r.source_matchers)?,
+                target: matchers_at(&format!("{path}.target_matchers"), &r.target_matchers)?,
+                equal: r.equal.iter().map(|n| Field::parse(n)).collect(),
+            });
+        }
+        let mut silences = Vec::new();
+        for (i, s) in file.silences.iter().enumerate() {
+            let path = format!("silences[{i}]");
+            if s.matchers.is_empty() {
+                return Err(err(format!("{path}.matchers"), "a silence needs a matcher"));
+            }
+            let starts_at = time_at(&format!("{path}.starts_at"), &s.starts_at)?;
+            let ends_at = time_at(&format!("{path}.ends_at"), &s.ends_at)?;
+            if ends_at <= starts_at {
+                return Err(err(format!("{path}.ends_at"), "must be after starts_at"));
+            }
+            silences.push(FileSilence {
+                matchers: matchers_at(&format!("{path}.matchers"), &s.matchers)?,
+                starts_at,
+                ends_at,
+                comment: s.comment.clone(),
+            });
+        }
+        Ok(Self {
+            root,
+            receivers,
+            inhibit_rules,
+            silences,
+        })
     }
 
     /// Where `alert` goes: one destination per receiver (the first route naming a
@@ -866,5 +998,24 @@ mod example_file {
         let p = Policy::parse(&text, &env).expect("example policy is valid");
         assert_eq!(p.route_count(), 3);
         assert_eq!(p.receivers["store-managers"].channels.len(), 2);
+        assert_eq!(p.inhibit_rules.len(), 1);
+        assert_eq!(p.silences.len(), 1);
+    }
+
+    #[test]
+    fn inhibit_rules_and_silences_are_validated() {
+        let base = "[route]\nreceiver = \"r\"\n[[receivers]]\nname = \"r\"\n[[receivers.channels]]\ntype = \"webhook\"\nurl = \"http://x/\"\n";
+        let e = Policy::parse(
+            &format!("{base}[[inhibit_rules]]\nsource_matchers = ['rule = \"a\"']\ntarget_matchers = ['rule ~ \"b\"']\n"),
+            &|_| None,
+        )
+        .expect_err("bad target");
+        assert_eq!(e.path, "inhibit_rules[0].target_matchers[0]");
+        let e = Policy::parse(
+            &format!("{base}[[silences]]\nmatchers = ['store = \"s\"']\nstarts_at = \"2026-01-02T00:00:00Z\"\nends_at = \"2026-01-01T00:00:00Z\"\n"),
+            &|_| None,
+        )
+        .expect_err("empty range");
+        assert_eq!(e.path, "silences[0].ends_at");
     }
 }
