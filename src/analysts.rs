@@ -1,13 +1,17 @@
 //! Analyst roles: one Postgres login role per tenant, which sees only that tenant's
 //! rows.
 //!
-//! Isolation is row-level security (migration 0006): every tenant-scoped relation has
-//! a policy `tenant_id = storepulse_analyst_tenant(current_user)`, the tenant recorded for the
-//! querying role in `analyst_roles`. A role created here may read exactly the
-//! relations that carry such a policy (raw events, dead letters, rollups, current
-//! state), the views over them (which run with the analyst's rights, so the policies
-//! apply: `security_invoker`), plus the reference table `sensor_limits`; nothing
-//! else (API keys, offsets).
+//! Isolation is row-level security (migration 0006): every tenant-scoped table has a
+//! policy `tenant_id = storepulse_analyst_tenant(current_user)`, the tenant recorded
+//! for the querying role in `analyst_roles`. Views over such tables run with the
+//! analyst's rights (`security_invoker`), so the policies apply. Where a relation
+//! cannot carry row-level security — TimescaleDB's continuous aggregates, and its
+//! compressed raw hypertables — the role reads a view of the same name that filters by
+//! the same function: public views for the analyst relations, and views of the raw
+//! relations in schema `storepulse_analyst`, which the role finds first on its
+//! search_path (decision 0011). A role created here may read exactly those relations
+//! plus the reference table `sensor_limits`; nothing else (API keys, offsets, the raw
+//! hypertables themselves).
 
 use deadpool_postgres::Pool;
 use storepulse_runtime::db::describe;
@@ -83,21 +87,38 @@ pub async fn create(
         literal(password)
     ))
     .await?;
+    // Tables with row-level security, views with the invoker's rights, and views
+    // filtering by the analyst's tenant.
     let relations = tx
         .query(
-            "SELECT c.relname FROM pg_class c
-             WHERE c.relnamespace = 'public'::regnamespace
+            "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname IN ('public', 'storepulse_analyst')
                AND (c.relrowsecurity
                     OR (c.relkind = 'v'
-                        AND 'security_invoker=true' = ANY (coalesce(c.reloptions, '{}'))))
+                        AND ('security_invoker=true' = ANY (coalesce(c.reloptions, '{}'))
+                             OR pg_get_viewdef(c.oid) LIKE '%storepulse_analyst_tenant(CURRENT_USER)%')))
              ORDER BY 1",
             &[],
         )
         .await?;
     for r in &relations {
         let rel: String = r.get(0);
-        tx.batch_execute(&format!("GRANT SELECT ON \"{rel}\" TO {role}"))
+        tx.batch_execute(&format!("GRANT SELECT ON {rel} TO {role}"))
             .await?;
+    }
+    let analyst_schema = tx
+        .query_opt(
+            "SELECT 1 FROM pg_namespace WHERE nspname = 'storepulse_analyst'",
+            &[],
+        )
+        .await?
+        .is_some();
+    if analyst_schema {
+        tx.batch_execute(&format!(
+            "GRANT USAGE ON SCHEMA storepulse_analyst TO {role}; ALTER ROLE {role} SET search_path = storepulse_analyst, public"
+        ))
+        .await?;
     }
     tx.execute(
         "INSERT INTO analyst_roles (role_name, tenant_id) VALUES ($1, $2)",

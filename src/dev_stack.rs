@@ -145,6 +145,16 @@ pub async fn run(opts: DevOptions, shutdown: CancellationToken) -> anyhow::Resul
     };
     let pool = db::pool(&postgres)?;
     db::migrate(&pool).await?;
+    let flavour = db::flavour(&pool).await?;
+    let read_store = match flavour {
+        db::Flavour::TimescaleDb => {
+            "TimescaleDB: raw hypertables, continuous aggregates with real-time aggregation"
+        }
+        db::Flavour::Plain => {
+            "plain PostgreSQL (TimescaleDB is not installed; scripts/install-deps.sh builds it): partitioned raw tables, rollups kept by the compactor"
+        }
+    };
+    eprintln!("read store: {read_store}");
 
     let log = LogConfig {
         format: storepulse_runtime::config::LogFormat::Text,
@@ -247,6 +257,7 @@ pub async fn run(opts: DevOptions, shutdown: CancellationToken) -> anyhow::Resul
     );
     println!("  ingest API : {ingest_url}/v1/events   (metrics: {ingest_url}/metrics)");
     println!("  sample key : {sample_key}");
+    println!("  read store : {flavour}");
     println!("  Postgres   : psql {database_url}");
     println!("  broker     : {}", kafka_cfg.brokers);
     println!("  compactor  : http://{compactor_addr}/metrics");
@@ -351,8 +362,12 @@ async fn rows_written(pool: &deadpool_postgres::Pool) -> anyhow::Result<i64> {
     let client = pool.get().await?;
     let row = client
         .query_one(
-            "SELECT coalesce(sum(n_tup_ins), 0)::bigint FROM pg_stat_user_tables
-             WHERE relname IN ('sales','sale_lines','inventory_changes','pos_heartbeats','sensor_readings','rejected_events')",
+            // Raw relations are partitioned (chunks on TimescaleDB): their rows are
+            // in the partitions.
+            "SELECT coalesce(sum(s.n_tup_ins), 0)::bigint FROM pg_stat_user_tables s
+             WHERE s.relid IN (SELECT i.inhrelid FROM pg_inherits i
+                               JOIN raw_relations r
+                                 ON i.inhparent = format('public.%I', r.relation)::regclass)",
             &[],
         )
         .await?;

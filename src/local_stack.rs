@@ -4,7 +4,9 @@
 //! Guarantees: children die with the thread that started them (`PR_SET_PDEATHSIG`),
 //! and are stopped on drop, so neither a Ctrl-C nor a failed test leaves a process
 //! behind. Postgres runs as the `postgres` system user when we are root (`initdb`
-//! refuses root), as ourselves otherwise.
+//! refuses root), as ourselves otherwise. The cluster preloads TimescaleDB when the
+//! extension is installed for its server (the read store then migrates to the
+//! TimescaleDB flavour), unless plain PostgreSQL is asked for.
 
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
@@ -13,6 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use storepulse_runtime::KafkaConfig;
+use storepulse_runtime::db::Flavour;
 
 /// Version of the broker the project is tested with.
 pub const NISSHI_VERSION: &str = "0.8.1";
@@ -130,6 +133,50 @@ pub fn postgres_bin_dir() -> Result<PathBuf, StackError> {
     ))
 }
 
+/// Whether the TimescaleDB extension is installed for the server in `bin`
+/// (Debian layout: `<bin>/../lib/timescaledb.so`, or `pg_config --pkglibdir`).
+pub fn timescaledb_installed(bin: &Path) -> bool {
+    if bin
+        .parent()
+        .is_some_and(|v| v.join("lib/timescaledb.so").is_file())
+    {
+        return true;
+    }
+    Command::new(bin.join("pg_config"))
+        .arg("--pkglibdir")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+        .is_some_and(|lib| lib.join("timescaledb.so").is_file())
+}
+
+/// How to start a [`LocalPostgres`].
+#[derive(Debug, Clone, Copy)]
+pub struct PostgresOptions {
+    /// TimescaleDB: preload the extension (it must be installed); plain: do not, so
+    /// the read store migrates to the plain flavour even where TimescaleDB is installed.
+    pub flavour: Flavour,
+    /// Run TimescaleDB's background jobs (policies) on their schedules. Tests turn
+    /// them off and run the jobs they test themselves, so nothing happens on a clock.
+    pub background_jobs: bool,
+}
+
+impl PostgresOptions {
+    /// TimescaleDB when installed for the server's binaries, else plain; jobs on.
+    pub fn preferred() -> Result<Self, StackError> {
+        let bin = postgres_bin_dir()?;
+        Ok(Self {
+            flavour: if timescaledb_installed(&bin) {
+                Flavour::TimescaleDb
+            } else {
+                Flavour::Plain
+            },
+            background_jobs: true,
+        })
+    }
+}
+
 /// uid/gid to run Postgres as: `postgres` when we are root, else ourselves.
 fn postgres_user() -> Result<Option<(u32, u32)>, StackError> {
     #[allow(unsafe_code)]
@@ -175,13 +222,30 @@ pub struct LocalPostgres {
     pub port: u16,
     /// Data directory, log file beside it.
     pub data_dir: PathBuf,
+    /// Whether the server preloads TimescaleDB (the flavour a new read store gets).
+    pub flavour: Flavour,
 }
 
 impl LocalPostgres {
     /// `initdb`s `root/pgdata` (unless it exists) and starts the server on `port`
-    /// (or a free one).
+    /// (or a free one), with TimescaleDB when it is installed.
     pub fn start(root: &Path, port: Option<u16>) -> Result<Self, StackError> {
+        Self::start_with(root, port, PostgresOptions::preferred()?)
+    }
+
+    /// [`LocalPostgres::start`] with the flavour and jobs given.
+    pub fn start_with(
+        root: &Path,
+        port: Option<u16>,
+        options: PostgresOptions,
+    ) -> Result<Self, StackError> {
         let bin = postgres_bin_dir()?;
+        if options.flavour == Flavour::TimescaleDb && !timescaledb_installed(&bin) {
+            return Err(StackError::Setup(format!(
+                "TimescaleDB is not installed for {}: run scripts/install-deps.sh",
+                bin.display()
+            )));
+        }
         let user = postgres_user()?;
         std::fs::create_dir_all(root).map_err(io(format!("create {}", root.display())))?;
         let data_dir = root.join("pgdata");
@@ -255,8 +319,15 @@ impl LocalPostgres {
                 "-c",
                 "full_page_writes=off",
             ])
-            .args(["-c", "max_connections=300", "-c", "shared_buffers=256MB"])
-            .stdin(Stdio::null())
+            .args(["-c", "max_connections=300", "-c", "shared_buffers=256MB"]);
+        if options.flavour == Flavour::TimescaleDb {
+            cmd.args(["-c", "shared_preload_libraries=timescaledb"])
+                .args(["-c", "timescaledb.telemetry_level=off"]);
+            if !options.background_jobs {
+                cmd.args(["-c", "timescaledb.max_background_workers=0"]);
+            }
+        }
+        cmd.stdin(Stdio::null())
             .stdout(log_file.try_clone().map_err(io("log"))?)
             .stderr(log_file);
         as_user(&mut cmd);
@@ -266,6 +337,7 @@ impl LocalPostgres {
             child,
             port,
             data_dir,
+            flavour: options.flavour,
         };
         if !wait_for_port(port, Duration::from_secs(30)) {
             return Err(StackError::NotReady {

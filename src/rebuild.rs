@@ -6,7 +6,8 @@
 //! a compactor under a fresh consumer group from the beginning, shows progress, and
 //! stops once the stored offsets reach those ends. Records appended meanwhile are
 //! left to the live compactor of the rebuilt store, which resumes from the stored
-//! offsets.
+//! offsets. On TimescaleDB it ends by materializing every continuous aggregate over
+//! all time.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -163,6 +164,9 @@ pub async fn rebuild(
         !shutdown.is_cancelled() && progress(&pool, &group_id, &ends).await? >= total,
         "rebuild interrupted; the target holds a partial read store: drop it and start again"
     );
+    // TimescaleDB: materialize every aggregate over all time (the refresh policies
+    // only look at the last 30 days; replayed history is older).
+    db::materialize_aggregates(&pool).await?;
     Ok(RebuildReport {
         records: total,
         elapsed: started.elapsed(),

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use storepulse_compactor::writer::ReadStoreWriter;
 use storepulse_runtime::AvroCodec;
 use storepulse_runtime::consumer::{Batch, BatchProcessor, ConsumedRecord, Positioned};
+use storepulse_runtime::db::Flavour;
 use storepulse_runtime::records::*;
 use support::TestDb;
 use uuid::Uuid;
@@ -42,9 +43,8 @@ fn storepulse(args: &[&str], database_url: &str) -> std::process::Output {
         .expect("run storepulse")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_analyst_role_sees_only_its_tenant() {
-    let db = TestDb::start("analysts").await;
+async fn only_its_tenant(flavour: Flavour) {
+    let db = TestDb::start_flavour("analysts", flavour).await;
     let codec = AvroCodec::new();
     let mut writer = ReadStoreWriter::new(
         db.pool.clone(),
@@ -222,6 +222,22 @@ async fn an_analyst_role_sees_only_its_tenant() {
             .map(|r| r.get::<_, i64>(0));
         assert_eq!(all.expect(relation), 2, "{relation}: only acme's rows");
     }
+    // What the analyst relations are made of is not readable around the filters.
+    let around = match flavour {
+        // Row-level security on the tables themselves.
+        Flavour::Plain => vec![("SELECT count(*) FROM public.sensor_readings", Some(2))],
+        // The raw hypertables and the continuous aggregates are not granted.
+        Flavour::TimescaleDb => vec![
+            ("SELECT count(*) FROM public.sensor_readings", None),
+            (
+                "SELECT count(*) FROM storepulse_aggregates.sensor_stats_hourly",
+                None,
+            ),
+        ],
+    };
+    for (sql, expected) in around {
+        assert_eq!(count(sql).await.ok(), expected, "{sql}");
+    }
     let denied = count("SELECT count(*) FROM api_keys").await;
     assert!(denied.is_err(), "no access to API keys");
     let denied = client.execute("DELETE FROM sensor_readings", &[]).await;
@@ -243,30 +259,41 @@ async fn an_analyst_role_sees_only_its_tenant() {
         "the role is gone"
     );
 }
+flavour_tests!(an_analyst_role_sees_only_its_tenant, super::only_its_tenant);
 
 /// Every relation with a `tenant_id` column is isolated: a table has row-level
-/// security with the tenant policy, a view runs with its invoker's rights (so the
-/// policies of the tables under it apply).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_tenant_scoped_relation_is_isolated() {
-    let db = TestDb::start("analystsrls").await;
+/// security with the tenant policy, or (TimescaleDB's raw hypertables, which cannot
+/// have it) analysts read it only through a tenant-filtered view of the same name in
+/// `storepulse_analyst`; a view runs with its invoker's rights (so the policies of the
+/// tables under it apply) or filters by the analyst's tenant itself.
+async fn every_relation_isolated(flavour: Flavour) {
+    let db = TestDb::start_flavour("analystsrls", flavour).await;
     let client = db.pool.get().await.expect("client");
+    let filtered = "pg_get_viewdef(v.oid) LIKE '%storepulse_analyst_tenant(CURRENT_USER)%'";
     let open: Vec<String> = client
         .query(
-            "SELECT c.relname || ' (' || c.relkind::text || ')'
-             FROM pg_class c
-             JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped
-             WHERE c.relnamespace = 'public'::regnamespace
-               AND c.relkind IN ('r', 'p', 'v', 'm')
-               -- internal: roles, API keys, the idempotency ledger (never granted to analysts)
-               AND c.relname NOT IN ('analyst_roles', 'api_keys', 'event_keys')
-               AND NOT CASE c.relkind
-                   WHEN 'v' THEN coalesce('security_invoker=true' = ANY (c.reloptions), false)
-                   ELSE c.relrowsecurity AND EXISTS (
-                       SELECT 1 FROM pg_policy p
-                       WHERE p.polrelid = c.oid AND p.polname = 'tenant_isolation')
-               END
-             ORDER BY 1",
+            &format!(
+                "SELECT n.nspname || '.' || c.relname || ' (' || c.relkind::text || ')'
+                 FROM pg_class c
+                 JOIN pg_namespace n ON n.oid = c.relnamespace
+                 JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped
+                 WHERE n.nspname IN ('public', 'storepulse_analyst')
+                   AND c.relkind IN ('r', 'p', 'v', 'm')
+                   -- internal: roles, API keys, the idempotency ledger (never granted to analysts)
+                   AND c.relname NOT IN ('analyst_roles', 'api_keys', 'event_keys')
+                   AND NOT CASE c.relkind
+                       WHEN 'v' THEN coalesce('security_invoker=true' = ANY (c.reloptions), false)
+                                     OR EXISTS (SELECT 1 FROM pg_class v WHERE v.oid = c.oid AND {filtered})
+                       ELSE (c.relrowsecurity AND EXISTS (
+                                SELECT 1 FROM pg_policy p
+                                WHERE p.polrelid = c.oid AND p.polname = 'tenant_isolation'))
+                            OR EXISTS (
+                                SELECT 1 FROM pg_class v
+                                WHERE v.relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = 'storepulse_analyst')
+                                  AND v.relname = c.relname AND {filtered})
+                   END
+                 ORDER BY 1"
+            ),
             &[],
         )
         .await
@@ -279,8 +306,12 @@ async fn every_tenant_scoped_relation_is_isolated() {
         .count(
             "SELECT count(*) FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid
              WHERE a.attname = 'tenant_id' AND c.relnamespace = 'public'::regnamespace
-               AND c.relkind IN ('r', 'v')",
+               AND c.relkind IN ('r', 'p', 'v')",
         )
         .await;
     assert!(scoped >= 16, "the check saw the relations: {scoped}");
 }
+flavour_tests!(
+    every_tenant_scoped_relation_is_isolated,
+    super::every_relation_isolated
+);

@@ -110,6 +110,11 @@ fn the_example_config_is_valid_and_matches_the_defaults() {
         compactor.unknown_schema_hold_secs,
         storepulse_compactor::CompactorSettings::default().unknown_schema_hold_secs
     );
+    assert_eq!(
+        compactor.retention,
+        storepulse_compactor::CompactorSettings::default().retention
+    );
+    assert_eq!(compactor.maintenance_interval_secs, 3_600);
     let pg: storepulse_runtime::PostgresConfig = src.section("postgres").expect("postgres");
     assert_eq!(pg.statement_timeout_ms, 30_000);
     let _: storepulse_runtime::KafkaConfig = src.section("kafka").expect("kafka");

@@ -139,6 +139,19 @@ fn assert_nothing_left(data_dir: &std::path::Path) {
 #[test]
 fn dev_runs_the_pipeline_and_stops_cleanly_on_ctrl_c() {
     let mut dev = Dev::start();
+    let flavour = dev.await_line("read store flavour", Duration::from_secs(120), |l| {
+        l.split("read store : ")
+            .nth(1)
+            .map(|f| f.trim().to_string())
+    });
+    let installed = storepulse::local_stack::PostgresOptions::preferred()
+        .expect("postgres")
+        .flavour;
+    assert_eq!(
+        flavour,
+        installed.to_string(),
+        "dev says which flavour the read store is (TimescaleDB when it is installed)"
+    );
     let url = dev.await_rows();
     assert!(
         url.starts_with("postgres://"),
@@ -166,7 +179,7 @@ fn a_stopped_service_is_shown_at_once_and_the_rest_keeps_running() {
             .expect("connect");
         tokio::spawn(conn);
         client
-            .batch_execute("DROP TABLE sensor_readings")
+            .batch_execute("DROP TABLE sensor_readings CASCADE")
             .await
             .expect("drop table");
     });

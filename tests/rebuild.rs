@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use storepulse_runtime::AvroCodec;
+use storepulse_runtime::db::Flavour;
 use storepulse_runtime::records::*;
 use support::{TestStack, eventually, start_compactor};
 use tokio_util::sync::CancellationToken;
@@ -174,9 +175,8 @@ async fn fingerprint(
     (row.get(0), row.get(1))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rebuilt_read_store_equals_the_live_one() {
-    let stack = TestStack::start("rebuild").await;
+async fn rebuild_equals_live(flavour: Flavour) {
+    let stack = TestStack::start_flavour("rebuild", flavour).await;
     let producer: FutureProducer = storepulse_runtime::kafka::client_config(&stack.kafka, "c")
         .create()
         .expect("producer");
@@ -318,3 +318,7 @@ async fn a_rebuilt_read_store_equals_the_live_one() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+flavour_tests!(
+    a_rebuilt_read_store_equals_the_live_one,
+    super::rebuild_equals_live
+);

@@ -15,9 +15,10 @@ use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use storepulse_compactor::writer::{RawEvent, ReadStoreWriter};
 use storepulse_runtime::AvroCodec;
 use storepulse_runtime::consumer::{Batch, BatchProcessor, ConsumedRecord, Positioned};
+use storepulse_runtime::db::Flavour;
 use storepulse_runtime::records::*;
-use support::TestDb;
 use support::recount::{SALES_VALUES, SENSOR_VALUES, UPTIME_VALUES, rollups_equal_recount};
+use support::{TestDb, flavour_runs_here};
 use uuid::Uuid;
 
 fn at(s: &str) -> i64 {
@@ -249,10 +250,11 @@ async fn rows(db: &TestDb, sql: &str) -> Vec<String> {
         .collect()
 }
 
-/// The documented semantics on numbers worked out by hand.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rollups_follow_their_documented_semantics() {
-    let db = TestDb::start("rollsem").await;
+/// The documented semantics on numbers worked out by hand, on both flavours; on
+/// TimescaleDB computed in real time from the raw rows, then again materialized by a
+/// refresh.
+async fn semantics(flavour: Flavour) {
+    let db = TestDb::start_flavour("rollsem", flavour).await;
     let (mut w, codec) = writer(&db, "g");
     let id = |n: u128| Uuid::from_u128(n);
     let env = |n: u128, t: &str| envelope("acme", "s-1", id(n), at(t));
@@ -335,86 +337,91 @@ async fn rollups_follow_their_documented_semantics() {
     let log = log_of(records);
     w.apply(&batch(&w, &codec, &log[..5])).await.expect("apply");
     w.apply(&batch(&w, &codec, &log[5..])).await.expect("apply");
+    for refresh in [false, true] {
+        if refresh {
+            db.refresh_aggregates().await;
+        }
 
-    assert_eq!(
-        rows(
-            &db,
-            &format!("SELECT sku, bucket AT TIME ZONE 'UTC', {SALES_VALUES} FROM sales_hourly")
-        )
-        .await,
-        vec![
-            "(bread,\"2026-11-23 10:00:00\",1,0,0,250,0,0,1,0,0,1,250)",
-            "(milk,\"2026-11-23 10:00:00\",4.5,0,0,581,0,0,2,0,0,4.5,581)",
-            "(milk,\"2026-11-23 11:00:00\",0,0.5,1,0,65,129,0,1,1,-1.5,-194)",
-        ]
-    );
-    assert_eq!(
-        rows(
-            &db,
-            &format!("SELECT sku, bucket AT TIME ZONE 'UTC', {SALES_VALUES} FROM sales_daily")
-        )
-        .await,
-        vec![
-            "(bread,\"2026-11-23 00:00:00\",1,0,0,250,0,0,1,0,0,1,250)",
-            "(milk,\"2026-11-23 00:00:00\",4.5,0.5,1,581,65,129,2,1,1,3.0,387)",
-        ]
-    );
-    assert_eq!(
-        rows(
-            &db,
-            &format!(
-                "SELECT device_id, bucket AT TIME ZONE 'UTC', {SENSOR_VALUES} FROM sensor_stats_5m"
+        assert_eq!(
+            rows(
+                &db,
+                &format!("SELECT sku, bucket AT TIME ZONE 'UTC', {SALES_VALUES} FROM sales_hourly")
             )
-        )
-        .await,
-        vec![
-            "(freezer-1,\"2026-11-23 10:00:00\",2,-18,-10,-28,1,-14)",
-            "(freezer-1,\"2026-11-23 10:05:00\",1,-20.5,-20.5,-20.5,0,-20.5)",
-            "(hum-1,\"2026-11-23 10:05:00\",1,99,99,99,0,99)",
-            "(power-1,\"2026-11-23 10:05:00\",1,0,0,0,1,0)",
-        ]
-    );
-    assert_eq!(
-        rows(
-            &db,
-            &format!(
-                "SELECT device_id, bucket AT TIME ZONE 'UTC', {SENSOR_VALUES} FROM sensor_stats_hourly"
+            .await,
+            vec![
+                "(bread,\"2026-11-23 10:00:00\",1,0,0,250,0,0,1,0,0,1,250)",
+                "(milk,\"2026-11-23 10:00:00\",4.5,0,0,581,0,0,2,0,0,4.5,581)",
+                "(milk,\"2026-11-23 11:00:00\",0,0.5,1,0,65,129,0,1,1,-1.5,-194)",
+            ]
+        );
+        assert_eq!(
+            rows(
+                &db,
+                &format!("SELECT sku, bucket AT TIME ZONE 'UTC', {SALES_VALUES} FROM sales_daily")
             )
-        )
-        .await,
-        vec![
-            "(freezer-1,\"2026-11-23 10:00:00\",3,-20.5,-10,-48.5,1,-16.166666666666668)",
-            "(hum-1,\"2026-11-23 10:00:00\",1,99,99,99,0,99)",
-            "(power-1,\"2026-11-23 10:00:00\",1,0,0,0,1,0)",
-        ]
-    );
-    assert_eq!(
-        rows(
-            &db,
-            &format!(
-                "SELECT terminal_id, bucket AT TIME ZONE 'UTC', {UPTIME_VALUES},
-                        substring(seen_minutes::text FROM 1 FOR 3),
-                        substring(up_minutes::text FROM 1 FOR 3),
-                        substring(up_minutes::text FROM 1439 FOR 2)
-                 FROM pos_uptime_daily"
+            .await,
+            vec![
+                "(bread,\"2026-11-23 00:00:00\",1,0,0,250,0,0,1,0,0,1,250)",
+                "(milk,\"2026-11-23 00:00:00\",4.5,0.5,1,581,65,129,2,1,1,3.0,387)",
+            ]
+        );
+        assert_eq!(
+            rows(
+                &db,
+                &format!(
+                    "SELECT device_id, bucket AT TIME ZONE 'UTC', {SENSOR_VALUES} FROM sensor_stats_5m"
+                )
             )
-        )
-        .await,
-        vec![
-            "(pos-1,\"2026-11-23 00:00:00\",4,3,3,2,3,2,0.001388888888888889,110,100,01)",
-            "(pos-1,\"2026-11-24 00:00:00\",1,0,0,1,1,0,0,100,000,00)",
-        ]
-    );
-    rollups_equal_recount(&db.pool)
-        .await
-        .expect("equal to a recount");
+            .await,
+            vec![
+                "(freezer-1,\"2026-11-23 10:00:00\",2,-18,-10,-28,1,-14)",
+                "(freezer-1,\"2026-11-23 10:05:00\",1,-20.5,-20.5,-20.5,0,-20.5)",
+                "(hum-1,\"2026-11-23 10:05:00\",1,99,99,99,0,99)",
+                "(power-1,\"2026-11-23 10:05:00\",1,0,0,0,1,0)",
+            ]
+        );
+        assert_eq!(
+            rows(
+                &db,
+                &format!(
+                    "SELECT device_id, bucket AT TIME ZONE 'UTC', {SENSOR_VALUES} FROM sensor_stats_hourly"
+                )
+            )
+            .await,
+            vec![
+                "(freezer-1,\"2026-11-23 10:00:00\",3,-20.5,-10,-48.5,1,-16.166666666666668)",
+                "(hum-1,\"2026-11-23 10:00:00\",1,99,99,99,0,99)",
+                "(power-1,\"2026-11-23 10:00:00\",1,0,0,0,1,0)",
+            ]
+        );
+        assert_eq!(
+            rows(
+                &db,
+                &format!(
+                    "SELECT terminal_id, bucket AT TIME ZONE 'UTC', {UPTIME_VALUES},
+                            substring(seen_minutes::text FROM 1 FOR 3),
+                            substring(up_minutes::text FROM 1 FOR 3),
+                            substring(up_minutes::text FROM 1439 FOR 2)
+                     FROM pos_uptime_daily"
+                )
+            )
+            .await,
+            vec![
+                "(pos-1,\"2026-11-23 00:00:00\",4,3,3,2,3,2,0.001388888888888889,110,100,01)",
+                "(pos-1,\"2026-11-24 00:00:00\",1,0,0,1,1,0,0,100,000,00)",
+            ]
+        );
+        rollups_equal_recount(&db.pool)
+            .await
+            .expect("equal to a recount");
+    }
 }
+flavour_tests!(rollups_follow_their_documented_semantics, super::semantics);
 
 /// A record reusing a stored id with another payload is recorded, not applied: the
 /// rollups do not move, in a later batch or in the same batch as the original.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_conflicting_payload_under_a_stored_id_does_not_change_the_rollups() {
-    let db = TestDb::start("rollconflict").await;
+async fn conflicting_payload(flavour: Flavour) {
+    let db = TestDb::start_flavour("rollconflict", flavour).await;
     let (mut w, codec) = writer(&db, "g");
     let t = at("2026-11-23T10:00:00Z");
     let sale = sale_tx(
@@ -443,6 +450,7 @@ async fn a_conflicting_payload_under_a_stored_id_does_not_change_the_rollups() {
         conflicting_reading,         // a later batch
     ]);
     w.apply(&batch(&w, &codec, &log[..4])).await.expect("apply");
+    db.refresh_aggregates().await;
     let all = "SELECT * FROM sales_hourly UNION ALL SELECT * FROM sales_daily";
     let sensors = "SELECT * FROM sensor_stats_5m UNION ALL SELECT * FROM sensor_stats_hourly";
     let (sales_before, sensors_before) = (rows(&db, all).await, rows(&db, sensors).await);
@@ -460,6 +468,7 @@ async fn a_conflicting_payload_under_a_stored_id_does_not_change_the_rollups() {
     );
 
     w.apply(&batch(&w, &codec, &log[4..])).await.expect("apply");
+    db.refresh_aggregates().await;
     assert_eq!(rows(&db, all).await, sales_before);
     assert_eq!(rows(&db, sensors).await, sensors_before);
     assert_eq!(db.count("SELECT count(*) FROM event_id_conflicts").await, 4);
@@ -467,6 +476,10 @@ async fn a_conflicting_payload_under_a_stored_id_does_not_change_the_rollups() {
         .await
         .expect("equal to a recount");
 }
+flavour_tests!(
+    a_conflicting_payload_under_a_stored_id_does_not_change_the_rollups,
+    super::conflicting_payload
+);
 
 // ---- the property test -------------------------------------------------------------
 
@@ -516,9 +529,11 @@ struct Resend {
 struct Workload {
     events: Vec<Spec>,
     resends: Vec<Resend>,
-    /// Batch sizes and how far the consumer rewinds after each (a crash before the
-    /// Kafka commit, a rebalance): 0 mostly, sometimes the whole batch or more.
-    plan: Vec<(usize, usize)>,
+    /// Batch sizes, how far the consumer rewinds after each (a crash before the
+    /// Kafka commit, a rebalance): 0 mostly, sometimes the whole batch or more; and
+    /// whether the aggregates are refreshed after it (TimescaleDB's refresh policy
+    /// running between batches: later rows then land in materialized buckets).
+    plan: Vec<(usize, usize, bool)>,
 }
 
 fn spec() -> impl Strategy<Value = Spec> {
@@ -608,7 +623,7 @@ fn workload() -> impl Strategy<Value = Workload> {
     (
         proptest::collection::vec(spec(), 1..60),
         proptest::collection::vec(resend, 0..15),
-        proptest::collection::vec((1usize..16, rewind), 1..12),
+        proptest::collection::vec((1usize..16, rewind, proptest::bool::weighted(0.3)), 1..12),
     )
         .prop_map(|(events, resends, plan)| Workload {
             events,
@@ -710,28 +725,38 @@ fn publish(w: &Workload) -> Vec<Logged> {
 }
 
 async fn run_case(db: &TestDb, w: &Workload) -> Result<(), TestCaseError> {
+    let rollups = match db.flavour {
+        Flavour::Plain => {
+            ", sales_hourly, sales_daily, sensor_stats_5m, sensor_stats_hourly, pos_uptime_daily"
+        }
+        Flavour::TimescaleDb => "",
+    };
     db.pool
         .get()
         .await
         .expect("client")
-        .batch_execute(
-            "TRUNCATE event_keys, sales, sale_lines, sensor_readings, pos_heartbeats, event_id_conflicts,
-                      consumer_offsets, sales_hourly, sales_daily, sensor_stats_5m,
-                      sensor_stats_hourly, pos_uptime_daily",
-        )
+        .batch_execute(&format!(
+            "TRUNCATE event_keys, sales, sale_lines, sensor_readings, pos_heartbeats,
+                      event_id_conflicts, consumer_offsets{rollups}"
+        ))
         .await
         .expect("truncate");
+    // TimescaleDB: the truncation invalidated the materialized buckets; empty them.
+    db.refresh_aggregates().await;
     let (mut writer, codec) = writer(db, "g");
     let log = publish(w);
     let (mut cursor, mut rewinds, mut step) = (0usize, 0, 0usize);
     while cursor < log.len() {
-        let (len, rewind) = w.plan[step % w.plan.len()];
+        let (len, rewind, refresh) = w.plan[step % w.plan.len()];
         step += 1;
         let end = (cursor + len).min(log.len());
         writer
             .apply(&batch(&writer, &codec, &log[cursor..end]))
             .await
             .map_err(|e| TestCaseError::fail(format!("apply: {e}")))?;
+        if refresh {
+            db.refresh_aggregates().await;
+        }
         // Re-read from an earlier position: the same batch again (usize::MAX), or
         // from a few records back, overlapping what was applied.
         let back = if rewind == usize::MAX {
@@ -745,6 +770,8 @@ async fn run_case(db: &TestDb, w: &Workload) -> Result<(), TestCaseError> {
             cursor = cursor.saturating_sub(back);
         }
     }
+    // TimescaleDB: what the refresh policy does within a minute.
+    db.refresh_aggregates().await;
     rollups_equal_recount(&db.pool)
         .await
         .map_err(TestCaseError::fail)?;
@@ -767,15 +794,31 @@ async fn run_case(db: &TestDb, w: &Workload) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-/// Random workloads: every rollup equals a recount from the raw tables.
-#[test]
-fn every_rollup_equals_a_recount_of_the_raw_tables() {
+/// Random workloads: every rollup equals a recount from the raw tables, on both
+/// flavours.
+mod every_rollup_equals_a_recount_of_the_raw_tables {
+    use super::*;
+
+    #[test]
+    fn plain() {
+        recount_property(Flavour::Plain);
+    }
+
+    #[test]
+    fn timescaledb() {
+        if flavour_runs_here(Flavour::TimescaleDb) {
+            recount_property(Flavour::TimescaleDb);
+        }
+    }
+}
+
+fn recount_property(flavour: Flavour) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("runtime");
-    let db = rt.block_on(TestDb::start("rollprop"));
+    let db = rt.block_on(TestDb::start_flavour("rollprop", flavour));
     let cases: u32 = std::env::var("ROLLUP_CASES")
         .ok()
         .and_then(|c| c.parse().ok())
@@ -788,7 +831,7 @@ fn every_rollup_equals_a_recount_of_the_raw_tables() {
     });
     let started = std::time::Instant::now();
     let result = runner.run(&workload(), |w| rt.block_on(run_case(&db, &w)));
-    eprintln!("{cases} workloads in {:?}", started.elapsed());
+    eprintln!("{flavour}: {cases} workloads in {:?}", started.elapsed());
     if let Err(e) = result {
         panic!("{e}");
     }
@@ -828,9 +871,8 @@ fn mixed(n: usize) -> Vec<Published> {
 /// Upgrading a read store that holds raw rows, as the release before the rollups
 /// (migration 3) left it: the migrations backfill the rollups (equal to a recount) and
 /// the key ledger, and the compactor carries on, a re-delivered event still stored once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn upgrading_backfills_the_rollups_from_stored_rows() {
-    let db = TestDb::start("rollupgrade").await;
+async fn upgrade(flavour: Flavour) {
+    let db = TestDb::start_flavour("rollupgrade", flavour).await;
     let (mut w, codec) = writer(&db, "g");
     let log = log_of(mixed(1_200));
     w.apply(&batch(&w, &codec, &log[..1_000]))
@@ -883,6 +925,7 @@ async fn upgrading_backfills_the_rollups_from_stored_rows() {
     w.apply(&batch(&w, &codec, &log[900..]))
         .await
         .expect("apply");
+    support::refresh_aggregates(&old.pool, flavour).await;
     assert_eq!(
         old.count("SELECT count(*) FROM sensor_readings").await,
         db.count("SELECT count(*) FROM sensor_readings").await
@@ -900,6 +943,10 @@ async fn upgrading_backfills_the_rollups_from_stored_rows() {
         .await
         .expect("rollups equal a recount");
 }
+flavour_tests!(
+    upgrading_backfills_the_rollups_from_stored_rows,
+    super::upgrade
+);
 
 /// Copies `table`'s rows from one read store to another, by column name (columns the
 /// target lacks are left out).

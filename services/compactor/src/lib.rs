@@ -6,8 +6,11 @@
 //! store and applies the schema migrations at start. A crash at any point leaves no
 //! gap and no duplicate.
 
+pub mod maintenance;
+pub mod retention;
 pub mod writer;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -41,6 +44,17 @@ pub struct CompactorSettings {
     /// How long a partition waits, paused, for an unknown writer schema to appear in
     /// the schema registry before the record is dead-lettered, in s.
     pub unknown_schema_hold_secs: u64,
+    /// How often the maintenance task runs (partitions ahead, retention, archiving,
+    /// key-ledger pruning; TimescaleDB: retention policies), in s; it also runs at start.
+    pub maintenance_interval_secs: u64,
+    /// Retention per relation (`[compactor.retention]`), merged over
+    /// [`retention::default_retention`]: `unlimited`, a duration after which rows are
+    /// dropped (`30d`), or `archive after <duration>`.
+    #[serde(
+        default = "retention::default_retention",
+        deserialize_with = "retention::retention_over_defaults"
+    )]
+    pub retention: BTreeMap<String, retention::RetentionRule>,
 }
 
 impl Default for CompactorSettings {
@@ -52,6 +66,8 @@ impl Default for CompactorSettings {
             batch_max_wait_ms: 100,
             shutdown_grace_ms: 30_000,
             unknown_schema_hold_secs: 900,
+            maintenance_interval_secs: 3_600,
+            retention: retention::default_retention(),
         }
     }
 }
@@ -64,6 +80,10 @@ impl Validate for CompactorSettings {
         if self.batch_max_records == 0 {
             return Err(invalid(s, "batch_max_records", "must be >= 1"));
         }
+        if self.maintenance_interval_secs == 0 {
+            return Err(invalid(s, "maintenance_interval_secs", "must be >= 1"));
+        }
+        retention::validate(&self.retention).map_err(|(key, reason)| invalid(s, &key, reason))?;
         Ok(())
     }
 }
@@ -103,9 +123,11 @@ pub async fn run_with_listener(
     let metrics_registry = telemetry::service_registry("compactor");
     let producer_metrics = ProducerMetrics::register(&metrics_registry)?;
     let consumer_metrics = ConsumerMetrics::register(&metrics_registry)?;
+    let maintenance_metrics = maintenance::MaintenanceMetrics::register(&metrics_registry)?;
     let pool = db::pool(&config.postgres)?;
     let applied = db::migrate(&pool).await?;
-    info!(?applied, "read store schema is current");
+    let flavour = db::flavour(&pool).await?;
+    info!(?applied, %flavour, "read store schema is current");
 
     let codec = AvroCodec::new();
     let producer = EventProducer::new(
@@ -145,7 +167,7 @@ pub async fn run_with_listener(
         metrics_registry,
         vec![
             kafka::readiness(&config.kafka),
-            db::readiness(pool),
+            db::readiness(pool.clone()),
             consumer.health().readiness(),
         ],
     );
@@ -153,6 +175,16 @@ pub async fn run_with_listener(
     let mut tasks = ServiceTasks::new(&shutdown);
     tasks.spawn("ops-http", ops_http::serve(listener, router, tasks.token()));
     tasks.spawn("consumer", consumer.run(tasks.token()));
+    tasks.spawn(
+        "maintenance",
+        maintenance::run_periodically(
+            pool.clone(),
+            config.compactor.retention.clone(),
+            Duration::from_secs(config.compactor.maintenance_interval_secs),
+            maintenance_metrics,
+            tasks.token(),
+        ),
+    );
     tasks
         .join(Duration::from_millis(config.compactor.shutdown_grace_ms))
         .await?;

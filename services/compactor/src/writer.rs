@@ -34,6 +34,7 @@ use sha2::{Digest, Sha256};
 use storepulse_runtime::avro::AvroCodec;
 use storepulse_runtime::consumer::{Batch, BatchProcessor, ConsumedRecord, Failure, Positioned};
 use storepulse_runtime::contract::{self, RecordContract};
+use storepulse_runtime::db::{self, Flavour};
 use storepulse_runtime::dead_letter::{Rejection, storable_text};
 use storepulse_runtime::records::{
     AlertTransition, DemandForecast, Envelope, InventoryChange, NotificationOutcome, PosHeartbeat,
@@ -240,6 +241,8 @@ pub enum WriteError {
     Postgres(#[from] tokio_postgres::Error),
     #[error("postgres pool: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),
+    #[error("read store layout: {0}")]
+    Layout(storepulse_runtime::db::DbError),
 }
 
 /// The scoped idempotency key of an event.
@@ -480,7 +483,93 @@ pub struct ReadStoreWriter {
     skipped: IntCounterVec,
     /// `storepulse_compactor_event_id_conflicts_total{table}`.
     conflicts: IntCounterVec,
+    /// What the read store is, learnt from it at the first batch.
+    layout: Option<Layout>,
+}
+
+/// What the writer knows of the read store it writes to.
+#[derive(Debug)]
+struct Layout {
     statements: Statements,
+    /// Plain flavour: the partition width of each raw table, in µs (TimescaleDB
+    /// creates its chunks itself: empty).
+    partition_width: HashMap<String, i64>,
+    /// Partitions known to exist, by raw table and start (µs since the epoch).
+    partitions: HashSet<(&'static str, i64)>,
+}
+
+impl Layout {
+    async fn learn(client: &deadpool_postgres::Object) -> Result<Self, WriteError> {
+        let flavour = db::flavour_of(client).await.map_err(WriteError::Layout)?;
+        let partition_width = match flavour {
+            Flavour::TimescaleDb => HashMap::new(),
+            Flavour::Plain => client
+                .query(
+                    "SELECT relation, (extract(epoch FROM partition_interval) * 1000000)::bigint
+                     FROM raw_relations",
+                    &[],
+                )
+                .await?
+                .iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect(),
+        };
+        tracing::info!(%flavour, "writing to the read store");
+        Ok(Self {
+            statements: Statements::new(flavour == Flavour::Plain),
+            partition_width,
+            partitions: HashSet::new(),
+        })
+    }
+
+    /// Plain flavour: creates the partitions the batch's rows need that are not known
+    /// to exist (in their own statement, before the batch's transaction).
+    async fn ensure_partitions(
+        &mut self,
+        client: &deadpool_postgres::Object,
+        batch: &Batch<RawEvent>,
+    ) -> Result<(), WriteError> {
+        if self.partition_width.is_empty() {
+            return Ok(());
+        }
+        let mut missing: BTreeMap<&'static str, Vec<i64>> = BTreeMap::new();
+        for p in &batch.items {
+            let relation = p.item.body.relation();
+            let at = p.item.body.envelope().occurred_at;
+            // Lines are partitioned by their event's time (sale_lines.occurred_at,
+            // demand_forecast_days.issued_at).
+            let lines = match relation {
+                Relation::Sales => Some("sale_lines"),
+                Relation::Forecasts => Some("demand_forecast_days"),
+                _ => None,
+            };
+            for table in [Some(relation.table()), lines].into_iter().flatten() {
+                let Some(width) = self.partition_width.get(table).copied() else {
+                    continue;
+                };
+                let start = at.div_euclid(width) * width;
+                if !self.partitions.contains(&(table, start)) {
+                    let starts = missing.entry(table).or_default();
+                    if !starts.contains(&start) {
+                        starts.push(start);
+                    }
+                }
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let stmt = client
+            .prepare_cached(include_str!("../sql/ensure_partitions.sql"))
+            .await?;
+        for (table, starts) in missing {
+            let times: Vec<DateTime<Utc>> = starts.iter().map(|s| from_micros(*s)).collect();
+            client.execute(&stmt, &[&table, &times]).await?;
+            self.partitions
+                .extend(starts.into_iter().map(|start| (table, start)));
+        }
+        Ok(())
+    }
 }
 
 impl ReadStoreWriter {
@@ -521,7 +610,7 @@ impl ReadStoreWriter {
             rows_written,
             skipped,
             conflicts,
-            statements: Statements::new(true),
+            layout: None,
         })
     }
 
@@ -565,18 +654,18 @@ impl ReadStoreWriter {
 
     /// Inserts `rows` into `relation`; returns the keys actually inserted and adds
     /// the rows whose key was stored with another payload to `conflicts`.
+    #[allow(clippy::too_many_arguments)]
     async fn insert(
         &self,
         tx: &Transaction<'_>,
+        statements: &Statements,
         relation: Relation,
         rows: &[Row<'_>],
         conflicts: &mut Vec<Conflict>,
         standing: &mut HashMap<(Relation, EventKey), Option<Vec<u8>>>,
     ) -> Result<HashSet<EventKey>, WriteError> {
         let params = insert_params(relation, rows);
-        let stmt = tx
-            .prepare_cached(&self.statements.insert[&relation])
-            .await?;
+        let stmt = tx.prepare_cached(&statements.insert[&relation]).await?;
         let inserted: HashSet<EventKey> = tx
             .query(&stmt, &refs(&params))
             .await?
@@ -644,6 +733,7 @@ impl ReadStoreWriter {
     async fn insert_lines(
         &self,
         tx: &Transaction<'_>,
+        statements: &Statements,
         sales: &[Row<'_>],
         inserted: &HashSet<EventKey>,
     ) -> Result<(), WriteError> {
@@ -677,7 +767,7 @@ impl ReadStoreWriter {
         if ids.is_empty() {
             return Ok(());
         }
-        let stmt = tx.prepare_cached(&self.statements.sale_lines).await?;
+        let stmt = tx.prepare_cached(&statements.sale_lines).await?;
         let n: i64 = tx
             .query_one(
                 &stmt,
@@ -707,6 +797,7 @@ impl ReadStoreWriter {
     async fn insert_forecast_days(
         &self,
         tx: &Transaction<'_>,
+        statements: &Statements,
         forecasts: &[Row<'_>],
         inserted: &HashSet<EventKey>,
     ) -> Result<(), WriteError> {
@@ -743,7 +834,7 @@ impl ReadStoreWriter {
         if ids.is_empty() {
             return Ok(());
         }
-        let stmt = tx.prepare_cached(&self.statements.forecast_days).await?;
+        let stmt = tx.prepare_cached(&statements.forecast_days).await?;
         let n: i64 = tx
             .query_one(
                 &stmt,
@@ -944,6 +1035,56 @@ impl BatchProcessor for ReadStoreWriter {
 
     async fn apply(&mut self, batch: &Batch<RawEvent>) -> Result<(), WriteError> {
         let mut client = self.pool.get().await?;
+        let mut layout = match self.layout.take() {
+            Some(layout) => layout,
+            None => Layout::learn(&client).await?,
+        };
+        let result = match layout.ensure_partitions(&client, batch).await {
+            Ok(()) => self.apply_in_transaction(&mut client, &layout, batch).await,
+            Err(e) => Err(e),
+        };
+        if result.as_ref().is_err_and(is_missing_partition) {
+            // Retention dropped a partition this writer thought was there: learn
+            // again; the retry creates it.
+            layout.partitions.clear();
+        }
+        self.layout = Some(layout);
+        result
+    }
+
+    fn classify(&self, error: &WriteError) -> Failure {
+        let e = match error {
+            WriteError::Pool(deadpool_postgres::PoolError::Backend(e)) => e,
+            WriteError::Pool(_) => return Failure::Transient,
+            WriteError::Postgres(e) => e,
+            WriteError::Layout(storepulse_runtime::db::DbError::Postgres(e)) => e,
+            WriteError::Layout(_) => return Failure::Fatal,
+        };
+        if is_missing_partition(error) {
+            return Failure::Transient;
+        }
+        classify_postgres(e)
+    }
+}
+
+/// Whether `error` is PostgreSQL finding no partition for a row (SQLSTATE 23514
+/// without a constraint: a CHECK constraint's violation names it).
+fn is_missing_partition(error: &WriteError) -> bool {
+    let WriteError::Postgres(e) = error else {
+        return false;
+    };
+    e.as_db_error()
+        .is_some_and(|db| db.code().code() == "23514" && db.constraint().is_none())
+}
+
+impl ReadStoreWriter {
+    /// The batch's rows, rollups (plain flavour) and offsets, in one transaction.
+    async fn apply_in_transaction(
+        &self,
+        client: &mut deadpool_postgres::Object,
+        layout: &Layout,
+        batch: &Batch<RawEvent>,
+    ) -> Result<(), WriteError> {
         let tx = client.transaction().await?;
         let stored = self.lock_offsets(&tx, batch).await?;
         let floors: HashMap<(&str, i32), i64> = stored
@@ -990,11 +1131,24 @@ impl BatchProcessor for ReadStoreWriter {
                 continue;
             };
             let inserted = self
-                .insert(&tx, relation, rows, &mut conflicts, &mut standing)
+                .insert(
+                    &tx,
+                    &layout.statements,
+                    relation,
+                    rows,
+                    &mut conflicts,
+                    &mut standing,
+                )
                 .await?;
             match relation {
-                Relation::Sales => self.insert_lines(&tx, rows, &inserted).await?,
-                Relation::Forecasts => self.insert_forecast_days(&tx, rows, &inserted).await?,
+                Relation::Sales => {
+                    self.insert_lines(&tx, &layout.statements, rows, &inserted)
+                        .await?
+                }
+                Relation::Forecasts => {
+                    self.insert_forecast_days(&tx, &layout.statements, rows, &inserted)
+                        .await?
+                }
                 _ => {}
             }
         }
@@ -1029,15 +1183,6 @@ impl BatchProcessor for ReadStoreWriter {
                 .inc_by(repeats);
         }
         Ok(())
-    }
-
-    fn classify(&self, error: &WriteError) -> Failure {
-        let e = match error {
-            WriteError::Pool(deadpool_postgres::PoolError::Backend(e)) => e,
-            WriteError::Pool(_) => return Failure::Transient,
-            WriteError::Postgres(e) => e,
-        };
-        classify_postgres(e)
     }
 }
 

@@ -1,9 +1,17 @@
-//! Postgres: the connection pool and versioned schema migrations.
+//! Postgres: the connection pool, versioned schema migrations and the read store's
+//! flavour.
 //!
 //! Migrations are the `.sql` files in `services/runtime/migrations/`, embedded at
 //! build time and applied in order, each in its own transaction, under an advisory
 //! lock so several pods starting together apply each exactly once. An applied
 //! migration whose file changed afterwards is an error, not a silent drift.
+//!
+//! The read store has a [`Flavour`]: TimescaleDB when the server has the extension
+//! (created in the database, or available and preloaded through
+//! `shared_preload_libraries`) at the migration that first records the flavour,
+//! plain PostgreSQL otherwise. Some migrations have a TimescaleDB variant
+//! (`NNNN_name.timescaledb.sql`); the flavour is recorded in `read_store` and never
+//! changes afterwards, so a store is migrated in one flavour for good.
 
 use std::time::Duration;
 
@@ -18,7 +26,65 @@ use crate::config::PostgresConfig;
 pub struct Migration {
     pub version: i32,
     pub name: &'static str,
+    /// The SQL applied (on the read store: on plain PostgreSQL, and on TimescaleDB
+    /// unless [`TIMESCALEDB_VARIANTS`] has one for the version).
     pub sql: &'static str,
+}
+
+/// Read-store migrations whose SQL differs on the TimescaleDB flavour, by version.
+pub const TIMESCALEDB_VARIANTS: &[(i32, &str)] = &[
+    (
+        9,
+        include_str!("../migrations/0009_time_partitioning.timescaledb.sql"),
+    ),
+    (
+        10,
+        include_str!("../migrations/0010_continuous_aggregates.timescaledb.sql"),
+    ),
+];
+
+impl Migration {
+    /// The SQL this read-store migration applies on `flavour`.
+    pub fn sql_for(&self, flavour: Flavour) -> &'static str {
+        match flavour {
+            Flavour::TimescaleDb => TIMESCALEDB_VARIANTS
+                .iter()
+                .find(|(v, _)| *v == self.version)
+                .map_or(self.sql, |(_, sql)| sql),
+            Flavour::Plain => self.sql,
+        }
+    }
+}
+
+/// What the read store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Flavour {
+    /// Plain PostgreSQL: time-partitioned raw tables kept by the compactor's
+    /// maintenance task; rollup tables maintained by the compactor in the rows'
+    /// transaction.
+    Plain,
+    /// PostgreSQL with TimescaleDB: raw hypertables; continuous aggregates with
+    /// real-time aggregation; refresh, compression and retention policies.
+    TimescaleDb,
+}
+
+impl Flavour {
+    /// The name recorded in `read_store.flavour`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Flavour::Plain => "plain",
+            Flavour::TimescaleDb => "timescaledb",
+        }
+    }
+}
+
+impl std::fmt::Display for Flavour {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Flavour::Plain => "plain PostgreSQL",
+            Flavour::TimescaleDb => "TimescaleDB",
+        })
+    }
 }
 
 /// Every migration, in order.
@@ -62,6 +128,16 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 8,
         name: "key_ledger",
         sql: include_str!("../migrations/0008_key_ledger.sql"),
+    },
+    Migration {
+        version: 9,
+        name: "time_partitioning",
+        sql: include_str!("../migrations/0009_time_partitioning.sql"),
+    },
+    Migration {
+        version: 10,
+        name: "continuous_aggregates",
+        sql: include_str!("../migrations/0010_continuous_aggregates.sql"),
     },
 ];
 
@@ -108,6 +184,12 @@ pub enum DbError {
     },
     #[error("database is at migration {0}, newer than this build knows ({1}); upgrade the service")]
     TooNew(i32, i32),
+    #[error(
+        "this read store is a TimescaleDB one, but the server does not load the extension: start PostgreSQL with shared_preload_libraries = 'timescaledb' (TimescaleDB 2.28 for PostgreSQL 15; scripts/install-deps.sh builds it)"
+    )]
+    TimescaleDbMissing,
+    #[error("read_store.flavour is {0:?}, which this build does not know")]
+    UnknownFlavour(String),
 }
 
 /// What went wrong, in the server's words: tokio-postgres displays every server
@@ -234,17 +316,30 @@ async fn apply_pending(
             &[],
         )
         .await?;
+    // The read store has a flavour; a service's own schema is plain SQL.
+    let read_store = set.lock == READ_STORE.lock;
+    let flavour = if read_store {
+        flavour_of(client).await?
+    } else {
+        Flavour::Plain
+    };
+    if flavour == Flavour::TimescaleDb {
+        let loaded: bool = client.query_one(TIMESCALEDB_LOADED, &[]).await?.get(0);
+        if !loaded {
+            return Err(DbError::TimescaleDbMissing);
+        }
+    }
     let latest_known = set.migrations.last().map_or(0, |m| m.version);
     for row in &rows {
         let version: i32 = row.get(0);
         let applied_sum: String = row.get(2);
         match set.migrations.iter().find(|m| m.version == version) {
-            Some(m) if checksum(m.sql) != applied_sum => {
+            Some(m) if checksum(m.sql_for(flavour)) != applied_sum => {
                 return Err(DbError::MigrationDrift {
                     version,
                     name: row.get(1),
                     applied: applied_sum,
-                    current: checksum(m.sql),
+                    current: checksum(m.sql_for(flavour)),
                 });
             }
             Some(_) => {}
@@ -260,18 +355,145 @@ async fn apply_pending(
         if rows.iter().any(|r| r.get::<_, i32>(0) == m.version) {
             continue;
         }
+        let sql = m.sql_for(flavour);
         let tx = client.transaction().await?;
-        tx.batch_execute(m.sql).await?;
+        tx.batch_execute(sql).await?;
         tx.execute(
             &format!("INSERT INTO {table} (version, name, checksum) VALUES ($1, $2, $3)"),
-            &[&m.version, &m.name, &checksum(m.sql)],
+            &[&m.version, &m.name, &checksum(sql)],
         )
         .await?;
         tx.commit().await?;
-        info!(version = m.version, name = m.name, "applied migration");
+        info!(version = m.version, name = m.name, %flavour, "applied migration");
         applied.push(m.version);
     }
+    if flavour == Flavour::TimescaleDb {
+        backfill_aggregates(client).await?;
+    }
     Ok(applied)
+}
+
+/// TimescaleDB: refreshes every continuous aggregate over all time, one at a time
+/// outside a transaction, so every bucket is materialized from the raw rows there are
+/// now (the refresh policies cover only the last 30 days). `storepulse rebuild` ends
+/// with it. Plain PostgreSQL: nothing to do (the rollups are always current).
+/// Returns how many aggregates were refreshed.
+pub async fn materialize_aggregates(pool: &Pool) -> Result<usize, DbError> {
+    let client = pool.get().await?;
+    if flavour_of(&client).await? == Flavour::Plain {
+        return Ok(0);
+    }
+    client
+        .batch_execute("SET statement_timeout = 0; SET lock_timeout = 0")
+        .await?;
+    let calls: Vec<String> = client
+        .query(
+            "SELECT format('CALL refresh_continuous_aggregate(%L, NULL, NULL)',
+                           format('%I.%I', view_schema, view_name))
+             FROM timescaledb_information.continuous_aggregates
+             ORDER BY view_schema, view_name",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for call in &calls {
+        client.batch_execute(call).await?;
+    }
+    client
+        .batch_execute("RESET statement_timeout; RESET lock_timeout")
+        .await?;
+    Ok(calls.len())
+}
+
+/// TimescaleDB: materializes the continuous aggregates a migration listed in
+/// `aggregate_backfill` (a store upgraded with raw rows), one at a time outside a
+/// transaction (a refresh cannot run in one), and takes each off the list.
+async fn backfill_aggregates(client: &deadpool_postgres::Object) -> Result<(), DbError> {
+    let listed: bool = client
+        .query_one(
+            "SELECT to_regclass('public.aggregate_backfill') IS NOT NULL",
+            &[],
+        )
+        .await?
+        .get(0);
+    if !listed {
+        return Ok(());
+    }
+    let pending = client
+        .query(
+            "SELECT aggregate,
+                    format('CALL refresh_continuous_aggregate(%L, NULL, %L)',
+                           'storepulse_aggregates.' || quote_ident(aggregate), now() - end_offset)
+             FROM aggregate_backfill ORDER BY aggregate",
+            &[],
+        )
+        .await?;
+    for row in pending {
+        let (aggregate, call): (String, String) = (row.get(0), row.get(1));
+        client.batch_execute(&call).await?;
+        client
+            .execute(
+                "DELETE FROM aggregate_backfill WHERE aggregate = $1",
+                &[&aggregate],
+            )
+            .await?;
+        info!(%aggregate, "materialized the continuous aggregate from the stored rows");
+    }
+    Ok(())
+}
+
+/// Whether the server can run TimescaleDB in this database: the extension is
+/// created here, or it is available and preloaded.
+const TIMESCALEDB_USABLE: &str =
+    "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb')
+    OR (EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb')
+        AND current_setting('shared_preload_libraries') ~ '(^|[\\s,])\"?timescaledb\"?($|[\\s,])')";
+
+/// Whether the TimescaleDB library is loaded in this session's server.
+const TIMESCALEDB_LOADED: &str =
+    "SELECT current_setting('shared_preload_libraries') ~ '(^|[\\s,])\"?timescaledb\"?($|[\\s,])'";
+
+/// The flavour recorded at migration, if any.
+async fn recorded_flavour(client: &tokio_postgres::Client) -> Result<Option<Flavour>, DbError> {
+    let has_table: bool = client
+        .query_one("SELECT to_regclass('public.read_store') IS NOT NULL", &[])
+        .await?
+        .get(0);
+    if !has_table {
+        return Ok(None);
+    }
+    let name: Option<String> = client
+        .query_opt("SELECT flavour FROM read_store", &[])
+        .await?
+        .map(|r| r.get(0));
+    match name.as_deref() {
+        None => Ok(None),
+        Some("plain") => Ok(Some(Flavour::Plain)),
+        Some("timescaledb") => Ok(Some(Flavour::TimescaleDb)),
+        Some(other) => Err(DbError::UnknownFlavour(other.to_string())),
+    }
+}
+
+/// The flavour of the read store behind `client`: as recorded at migration, else
+/// the one a migration would choose now (TimescaleDB when the server can run it).
+pub async fn flavour_of(client: &tokio_postgres::Client) -> Result<Flavour, DbError> {
+    if let Some(recorded) = recorded_flavour(client).await? {
+        return Ok(recorded);
+    }
+    let usable: bool = client.query_one(TIMESCALEDB_USABLE, &[]).await?.get(0);
+    Ok(if usable {
+        Flavour::TimescaleDb
+    } else {
+        Flavour::Plain
+    })
+}
+
+/// The flavour of the read store at `pool` (see [`flavour_of`]).
+pub async fn flavour(pool: &Pool) -> Result<Flavour, DbError> {
+    let client = pool.get().await?;
+    flavour_of(&client).await
 }
 
 /// How a Postgres error bears on a batch: the connection (retry), the data (isolate
