@@ -32,6 +32,7 @@ use crate::grouping::{GroupClock, Planned, Timings};
 use crate::ledger::PendingDelivery;
 use crate::ledger::{Final, Ledger, LedgerError};
 use crate::policy::{ChannelSpec, Policy, Receiver, RetryPolicy};
+use crate::rate_limit::TokenBucket;
 use crate::silences;
 
 /// Namespace of outcome event ids (UUIDv5 over transition, receiver and status).
@@ -175,6 +176,8 @@ struct Worker {
     ctx: DeliveryContext,
     receiver: String,
     clock: GroupClock,
+    /// The receiver's rate limit and its bucket (rebuilt when the limit changes).
+    bucket: Option<((u32, Duration), TokenBucket)>,
 }
 
 /// How a message ended.
@@ -190,6 +193,7 @@ impl Worker {
             ctx,
             receiver,
             clock: GroupClock::default(),
+            bucket: None,
         }
     }
 
@@ -237,9 +241,24 @@ impl Worker {
             plan.next_due = Some(plan.next_due.map_or(end, |n| n.min(end)));
         }
         let sent_any = !plan.messages.is_empty();
+        match receiver.rate_limit {
+            Some(limit) if self.bucket.as_ref().map(|(l, _)| *l) != Some(limit) => {
+                self.bucket = Some((limit, TokenBucket::new(limit.0, limit.1)));
+            }
+            None => self.bucket = None,
+            _ => {}
+        }
         for planned in plan.messages {
             if shutdown.is_cancelled() {
                 return Ok(None);
+            }
+            // Over the rate limit: the rest waits (still pending) until a token is due.
+            if let Some((_, bucket)) = &mut self.bucket
+                && planned.message_id.is_none()
+                && let Err(next) = bucket.take(Utc::now())
+            {
+                debug!(receiver = %self.receiver, %next, "rate limit reached; delaying");
+                return Ok(Some((next - Utc::now()).to_std().unwrap_or(Duration::ZERO)));
             }
             let key = planned.group_key.clone();
             if let Sent::Interrupted = self.send(&receiver, planned, shutdown).await? {

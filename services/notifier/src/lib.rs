@@ -14,6 +14,7 @@ pub mod delivery;
 pub mod grouping;
 pub mod ledger;
 pub mod policy;
+pub mod rate_limit;
 pub mod router;
 pub mod silences;
 

@@ -99,6 +99,14 @@ struct ReceiverFile {
     backoff_max: String,
     #[serde(default)]
     channels: Vec<ChannelFile>,
+    rate_limit: Option<RateLimitFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RateLimitFile {
+    messages: u32,
+    per: String,
 }
 
 /// Resolved notifications are sent unless a receiver switches them off.
@@ -199,6 +207,8 @@ pub struct Receiver {
     pub send_resolved: bool,
     pub retry: RetryPolicy,
     pub channels: Vec<ChannelSpec>,
+    /// At most this many messages per duration (bursts up to the count); more wait.
+    pub rate_limit: Option<(u32, Duration)>,
 }
 
 /// What a matcher compares.
@@ -734,11 +744,25 @@ fn receiver(
         .enumerate()
         .map(|(i, c)| channel(&format!("{path}.channels[{i}]"), c, env))
         .collect::<Result<Vec<_>, _>>()?;
+    let rate_limit = match &file.rate_limit {
+        None => None,
+        Some(r) => {
+            if r.messages == 0 {
+                return Err(err(format!("{path}.rate_limit.messages"), "must be >= 1"));
+            }
+            let per = duration_at(&format!("{path}.rate_limit"), "per", &r.per)?;
+            if per.is_zero() {
+                return Err(err(format!("{path}.rate_limit.per"), "must be > 0"));
+            }
+            Some((r.messages, per))
+        }
+    };
     Ok(Receiver {
         name: file.name.clone(),
         send_resolved: file.send_resolved,
         retry,
         channels,
+        rate_limit,
     })
 }
 
