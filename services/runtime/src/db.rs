@@ -139,6 +139,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "continuous_aggregates",
         sql: include_str!("../migrations/0010_continuous_aggregates.sql"),
     },
+    Migration {
+        version: 11,
+        name: "ledger_key_order",
+        sql: include_str!("../migrations/0011_ledger_key_order.sql"),
+    },
 ];
 
 /// Arbitrary constant naming the migration advisory lock.
