@@ -974,3 +974,66 @@ async fn copy_rows(from: &deadpool_postgres::Pool, to: &deadpool_postgres::Pool,
         .await
         .expect("copy rows");
 }
+
+/// Views over relations the flavour migrations replace (raw tables become partitioned
+/// tables or hypertables, rollup tables become continuous aggregates on TimescaleDB)
+/// are put back over the new relations, with their options and comments, and read them.
+async fn views_survive(flavour: Flavour) {
+    let db = TestDb::start_flavour("rollviews", flavour).await;
+    let old = TestDb::on_cluster(&db, "rollviews_old", Some(8)).await;
+    old.pool
+        .get()
+        .await
+        .expect("client")
+        .batch_execute(
+            "CREATE VIEW units_by_day WITH (security_invoker = true) AS
+                 SELECT tenant_id, store_id, bucket, sum(units) AS units
+                 FROM sales_daily GROUP BY 1, 2, 3;
+             COMMENT ON VIEW units_by_day IS 'net units per store and day';
+             CREATE VIEW all_units AS SELECT sum(units) AS units FROM units_by_day;
+             CREATE VIEW readings_per_tenant AS
+                 SELECT tenant_id, count(*) AS readings FROM sensor_readings GROUP BY 1;",
+        )
+        .await
+        .expect("views");
+    storepulse_runtime::db::migrate(&old.pool)
+        .await
+        .expect("upgrade");
+    assert_eq!(
+        old.count(
+            "SELECT count(*) FROM pg_class
+             WHERE relname = 'units_by_day' AND 'security_invoker=true' = ANY (reloptions)
+               AND obj_description(oid, 'pg_class') = 'net units per store and day'"
+        )
+        .await,
+        1
+    );
+    let (mut w, codec) = writer_on(&old.pool, "g");
+    let log = log_of(mixed(400));
+    w.apply(&batch(&w, &codec, &log)).await.expect("apply");
+    support::refresh_aggregates(&old.pool, flavour).await;
+    assert_eq!(
+        old.count("SELECT (sum(units) * 1000)::bigint FROM units_by_day")
+            .await,
+        old.count(
+            "SELECT (sum(CASE s.kind WHEN 'sale' THEN l.quantity ELSE -l.quantity END)::numeric * 1000)::bigint
+             FROM sale_lines l JOIN sales s USING (tenant_id, store_id, event_id)"
+        )
+        .await
+    );
+    assert_eq!(
+        old.count("SELECT (units * 1000)::bigint FROM all_units")
+            .await,
+        old.count("SELECT (sum(units) * 1000)::bigint FROM sales_daily")
+            .await
+    );
+    assert_eq!(
+        old.count("SELECT sum(readings)::bigint FROM readings_per_tenant")
+            .await,
+        old.count("SELECT count(*) FROM sensor_readings").await
+    );
+}
+flavour_tests!(
+    views_over_replaced_relations_survive_the_migrations,
+    super::views_survive
+);

@@ -85,6 +85,81 @@ BEGIN
 END
 $$;
 
+-- A migration that replaces tables (here: with partitioned tables; on TimescaleDB: the
+-- rollup tables with continuous aggregates) first saves the views that depend on them,
+-- directly or through other views — definition, options, comment, analysts' grants —
+-- drops the tables with CASCADE, and puts the views back once the new relations of the
+-- same names and columns exist.
+CREATE FUNCTION storepulse_stash_views(tables regclass[]) RETURNS integer
+    LANGUAGE plpgsql SET search_path = pg_catalog, public
+AS $$
+DECLARE
+    stashed integer;
+BEGIN
+    CREATE TEMP TABLE IF NOT EXISTS storepulse_stashed_views (
+        created     oid PRIMARY KEY,
+        schema_name text NOT NULL,
+        view_name   text NOT NULL,
+        definition  text NOT NULL,
+        options     text[],
+        comment     text,
+        analysts    text[] NOT NULL
+    );
+    INSERT INTO storepulse_stashed_views
+    WITH RECURSIVE dependents(oid) AS (
+        SELECT r.ev_class
+        FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid
+        WHERE d.classid = 'pg_rewrite'::regclass AND d.refobjid = ANY (tables)
+          AND r.ev_class <> d.refobjid
+        UNION
+        SELECT r.ev_class
+        FROM dependents p
+        JOIN pg_depend d ON d.refobjid = p.oid AND d.classid = 'pg_rewrite'::regclass
+        JOIN pg_rewrite r ON r.oid = d.objid
+        WHERE r.ev_class <> d.refobjid
+    )
+    SELECT c.oid, n.nspname, c.relname, rtrim(pg_get_viewdef(c.oid), ';'), c.reloptions,
+           obj_description(c.oid, 'pg_class'),
+           ARRAY(SELECT a.role_name FROM public.analyst_roles a
+                 WHERE has_table_privilege(a.role_name, c.oid, 'SELECT'))
+    FROM (SELECT DISTINCT oid FROM dependents) d
+    JOIN pg_class c ON c.oid = d.oid AND c.relkind = 'v'
+    JOIN pg_namespace n ON n.oid = c.relnamespace
+    ON CONFLICT (created) DO NOTHING;
+    GET DIAGNOSTICS stashed = ROW_COUNT;
+    RETURN stashed;
+END
+$$;
+
+CREATE FUNCTION storepulse_restore_views() RETURNS integer
+    LANGUAGE plpgsql SET search_path = pg_catalog, public
+AS $$
+DECLARE
+    v        record;
+    analyst  text;
+    restored integer := 0;
+BEGIN
+    IF to_regclass('pg_temp.storepulse_stashed_views') IS NULL THEN
+        RETURN 0;
+    END IF;
+    FOR v IN SELECT * FROM pg_temp.storepulse_stashed_views ORDER BY created LOOP
+        EXECUTE format('CREATE VIEW %I.%I%s AS %s', v.schema_name, v.view_name,
+                       CASE WHEN v.options IS NULL THEN ''
+                            ELSE ' WITH (' || array_to_string(v.options, ', ') || ')' END,
+                       v.definition);
+        IF v.comment IS NOT NULL THEN
+            EXECUTE format('COMMENT ON VIEW %I.%I IS %L', v.schema_name, v.view_name, v.comment);
+        END IF;
+        FOREACH analyst IN ARRAY v.analysts LOOP
+            EXECUTE format('GRANT SELECT ON %I.%I TO %I', v.schema_name, v.view_name, analyst);
+        END LOOP;
+        restored := restored + 1;
+    END LOOP;
+    DROP TABLE pg_temp.storepulse_stashed_views;
+    RETURN restored;
+END
+$$;
+
 -- The partitions of every raw relation with their bounds (lower inclusive, upper
 -- exclusive), for the maintenance task and for analysts.
 CREATE VIEW raw_partitions AS
@@ -98,10 +173,12 @@ JOIN pg_class c ON c.oid = i.inhrelid;
 
 -- Convert the raw tables: a partitioned copy with the same columns, the rows moved
 -- into partitions, the old table dropped, then the indexes (same names), row-level
--- security and analysts' grants as before.
+-- security, analysts' grants and the views over them as before.
 LOCK TABLE sales, sale_lines, inventory_changes, pos_heartbeats, sensor_readings,
            rejected_events, alert_transitions, demand_forecasts, demand_forecast_days,
            notification_outcomes IN ACCESS EXCLUSIVE MODE;
+SELECT storepulse_stash_views(ARRAY(SELECT format('public.%I', relation)::regclass
+                                    FROM raw_relations));
 DO $$
 DECLARE
     r       record;
@@ -120,7 +197,7 @@ BEGIN
             INTO times;
         PERFORM storepulse_ensure_partitions(r.relation, coalesce(times, '{}'));
         EXECUTE format('INSERT INTO public.%I SELECT * FROM public.%I', r.relation, old);
-        EXECUTE format('DROP TABLE public.%I', old);
+        EXECUTE format('DROP TABLE public.%I CASCADE', old);
         EXECUTE format('ALTER TABLE public.%I ENABLE ROW LEVEL SECURITY', r.relation);
         EXECUTE format(
             'CREATE POLICY tenant_isolation ON public.%I FOR SELECT USING (tenant_id = storepulse_analyst_tenant(current_user))',
@@ -145,3 +222,5 @@ CREATE INDEX demand_forecast_days_sku_day ON demand_forecast_days (tenant_id, st
 CREATE INDEX demand_forecast_days_event ON demand_forecast_days (tenant_id, store_id, event_id);
 CREATE INDEX notification_outcomes_alert ON notification_outcomes (tenant_id, store_id, alert_id);
 CREATE INDEX notification_outcomes_time ON notification_outcomes (occurred_at);
+
+SELECT storepulse_restore_views();

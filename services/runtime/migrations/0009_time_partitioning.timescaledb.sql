@@ -79,6 +79,81 @@ BEGIN
 END
 $$;
 
+-- A migration that replaces tables (here: with partitioned tables; on TimescaleDB: the
+-- rollup tables with continuous aggregates) first saves the views that depend on them,
+-- directly or through other views — definition, options, comment, analysts' grants —
+-- drops the tables with CASCADE, and puts the views back once the new relations of the
+-- same names and columns exist.
+CREATE FUNCTION storepulse_stash_views(tables regclass[]) RETURNS integer
+    LANGUAGE plpgsql SET search_path = pg_catalog, public
+AS $$
+DECLARE
+    stashed integer;
+BEGIN
+    CREATE TEMP TABLE IF NOT EXISTS storepulse_stashed_views (
+        created     oid PRIMARY KEY,
+        schema_name text NOT NULL,
+        view_name   text NOT NULL,
+        definition  text NOT NULL,
+        options     text[],
+        comment     text,
+        analysts    text[] NOT NULL
+    );
+    INSERT INTO storepulse_stashed_views
+    WITH RECURSIVE dependents(oid) AS (
+        SELECT r.ev_class
+        FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid
+        WHERE d.classid = 'pg_rewrite'::regclass AND d.refobjid = ANY (tables)
+          AND r.ev_class <> d.refobjid
+        UNION
+        SELECT r.ev_class
+        FROM dependents p
+        JOIN pg_depend d ON d.refobjid = p.oid AND d.classid = 'pg_rewrite'::regclass
+        JOIN pg_rewrite r ON r.oid = d.objid
+        WHERE r.ev_class <> d.refobjid
+    )
+    SELECT c.oid, n.nspname, c.relname, rtrim(pg_get_viewdef(c.oid), ';'), c.reloptions,
+           obj_description(c.oid, 'pg_class'),
+           ARRAY(SELECT a.role_name FROM public.analyst_roles a
+                 WHERE has_table_privilege(a.role_name, c.oid, 'SELECT'))
+    FROM (SELECT DISTINCT oid FROM dependents) d
+    JOIN pg_class c ON c.oid = d.oid AND c.relkind = 'v'
+    JOIN pg_namespace n ON n.oid = c.relnamespace
+    ON CONFLICT (created) DO NOTHING;
+    GET DIAGNOSTICS stashed = ROW_COUNT;
+    RETURN stashed;
+END
+$$;
+
+CREATE FUNCTION storepulse_restore_views() RETURNS integer
+    LANGUAGE plpgsql SET search_path = pg_catalog, public
+AS $$
+DECLARE
+    v        record;
+    analyst  text;
+    restored integer := 0;
+BEGIN
+    IF to_regclass('pg_temp.storepulse_stashed_views') IS NULL THEN
+        RETURN 0;
+    END IF;
+    FOR v IN SELECT * FROM pg_temp.storepulse_stashed_views ORDER BY created LOOP
+        EXECUTE format('CREATE VIEW %I.%I%s AS %s', v.schema_name, v.view_name,
+                       CASE WHEN v.options IS NULL THEN ''
+                            ELSE ' WITH (' || array_to_string(v.options, ', ') || ')' END,
+                       v.definition);
+        IF v.comment IS NOT NULL THEN
+            EXECUTE format('COMMENT ON VIEW %I.%I IS %L', v.schema_name, v.view_name, v.comment);
+        END IF;
+        FOREACH analyst IN ARRAY v.analysts LOOP
+            EXECUTE format('GRANT SELECT ON %I.%I TO %I', v.schema_name, v.view_name, analyst);
+        END LOOP;
+        restored := restored + 1;
+    END LOOP;
+    DROP TABLE pg_temp.storepulse_stashed_views;
+    RETURN restored;
+END
+$$;
+
 -- The chunks of every raw relation with their bounds (lower inclusive, upper
 -- exclusive): the same view as the plain flavour's partitions.
 CREATE VIEW raw_partitions AS

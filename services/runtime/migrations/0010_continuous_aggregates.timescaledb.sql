@@ -25,7 +25,12 @@
 
 LOCK TABLE sale_lines, sensor_readings, pos_heartbeats IN SHARE MODE;
 
-DROP TABLE sales_hourly, sales_daily, sensor_stats_5m, sensor_stats_hourly, pos_uptime_daily;
+-- Views over the rollup tables (e.g. forecasts against sales_daily) are put back over
+-- the new relations at the end.
+SELECT storepulse_stash_views(ARRAY['sales_hourly', 'sales_daily', 'sensor_stats_5m',
+                                    'sensor_stats_hourly', 'pos_uptime_daily']::regclass[]);
+DROP TABLE sales_hourly, sales_daily, sensor_stats_5m, sensor_stats_hourly, pos_uptime_daily
+    CASCADE;
 
 CREATE SCHEMA storepulse_aggregates;
 COMMENT ON SCHEMA storepulse_aggregates IS
@@ -211,6 +216,8 @@ BEGIN
     END LOOP;
 END
 $$;
+
+SELECT storepulse_restore_views();
 
 -- A store upgraded with raw rows: materialize them once after this migration
 -- (db::migrate runs what is listed here, outside a transaction, and empties it).
