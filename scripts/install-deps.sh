@@ -94,6 +94,9 @@ install_timescaledb() {
     if ! command -v cmake >/dev/null 2>&1; then
       echo "timescaledb: installing cmake (PyPI) ..."
       python3 -m pip install --quiet cmake
+      # pip's scripts directory (system or user) may not be on PATH yet.
+      PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):${HOME}/.local/bin:$PATH"
+      export PATH
       hash -r
     fi
   fi
