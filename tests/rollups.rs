@@ -1037,3 +1037,94 @@ flavour_tests!(
     views_over_replaced_relations_survive_the_migrations,
     super::views_survive
 );
+
+/// TimescaleDB's refresh policy (run as its scheduler would) materializes closed
+/// buckets; a late reading in a materialized bucket shows once the policy ran again,
+/// while a reading in a bucket above the watermark shows at once (real-time
+/// aggregation). On plain PostgreSQL every step is exact at once.
+async fn refresh_policy(flavour: Flavour) {
+    let db = TestDb::start_flavour("rollpolicy", flavour).await;
+    let (mut w, codec) = writer(&db, "g");
+    let now = Utc::now().timestamp_micros();
+    let hour = 3_600_000_000i64;
+    let env = |n: u128, at: i64| envelope("acme", "s-1", Uuid::from_u128(n), at);
+    let first = log_of(vec![
+        reading_of(env(1, now - 3 * hour), 1, -18.0),
+        reading_of(env(2, now - 3 * hour + 1), 1, -17.0),
+    ]);
+    w.apply(&batch(&w, &codec, &first)).await.expect("apply");
+    let materialized = || async {
+        if flavour == Flavour::Plain {
+            return 0;
+        }
+        let (schema, table): (String, String) = {
+            let client = db.pool.get().await.expect("client");
+            let row = client
+                .query_one(
+                    "SELECT materialization_hypertable_schema, materialization_hypertable_name
+                     FROM timescaledb_information.continuous_aggregates
+                     WHERE view_name = 'sensor_stats_hourly'",
+                    &[],
+                )
+                .await
+                .expect("cagg");
+            (row.get(0), row.get(1))
+        };
+        db.count(&format!("SELECT count(*) FROM \"{schema}\".\"{table}\""))
+            .await
+    };
+    assert_eq!(materialized().await, 0, "nothing materialized yet");
+    rollups_equal_recount(&db.pool)
+        .await
+        .expect("real time: equal to a recount");
+    let ran = db.run_jobs("policy_refresh_continuous_aggregate").await;
+    if flavour == Flavour::TimescaleDb {
+        assert_eq!(ran, 5);
+        assert_eq!(materialized().await, 1, "the closed hour is materialized");
+    }
+    rollups_equal_recount(&db.pool)
+        .await
+        .expect("materialized: equal to a recount");
+
+    // A late reading in the materialized hour, and one in the current hour.
+    let later = log_of(vec![
+        reading_of(env(3, now - 3 * hour + 2), 1, -10.0),
+        reading_of(env(4, now), 1, -16.0),
+    ]);
+    let mut later = batch(&w, &codec, &later);
+    for item in &mut later.items {
+        item.offset += 2;
+    }
+    later.next_offsets.values_mut().for_each(|n| *n += 2);
+    w.apply(&later).await.expect("apply");
+    let readings_of = |hours_ago: i64| {
+        let db = &db;
+        async move {
+            db.count(&format!(
+                "SELECT coalesce(sum(readings), 0)::bigint FROM sensor_stats_hourly
+                 WHERE bucket = date_trunc('hour', to_timestamp({}::float8 / 1e6), 'UTC')",
+                now - hours_ago * hour
+            ))
+            .await
+        }
+    };
+    assert_eq!(readings_of(0).await, 1, "the current hour is real-time");
+    let stale = match flavour {
+        Flavour::TimescaleDb => 2,
+        Flavour::Plain => 3,
+    };
+    assert_eq!(
+        readings_of(3).await,
+        stale,
+        "a materialized bucket waits for the refresh policy"
+    );
+    db.run_jobs("policy_refresh_continuous_aggregate").await;
+    assert_eq!(readings_of(3).await, 3);
+    rollups_equal_recount(&db.pool)
+        .await
+        .expect("after the policy: equal to a recount");
+}
+flavour_tests!(
+    the_refresh_policy_brings_late_rows_into_materialized_buckets,
+    super::refresh_policy
+);
