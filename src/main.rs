@@ -806,6 +806,7 @@ async fn main() -> anyhow::Result<()> {
             let pool = db::pool(&postgres(&src, database_url)?)?;
             let applied = db::migrate(&pool).await?;
             println!("applied migrations: {applied:?}");
+            println!("read store: {}", db::flavour(&pool).await?);
             Ok(())
         }
         Command::Run { service } => match service {
