@@ -33,6 +33,49 @@ use crate::gateway::Gateway;
 use crate::local_stack::{self, LocalBroker, LocalPostgres};
 use crate::simulator::{SimConfig, Simulator};
 
+/// The rule file `storepulse dev` runs: the documented example.
+pub const DEV_RULES: &str = include_str!("../config/rules.example.toml");
+
+/// Prints every alert transition on `alerts.v1` as one line, until `shutdown`.
+async fn print_alerts(kafka: KafkaConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    use rdkafka::Message;
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use storepulse_runtime::records::{AlertState, AlertTransition};
+
+    let consumer: StreamConsumer =
+        storepulse_runtime::kafka::client_config(&kafka, "storepulse-dev-alerts")
+            .set(
+                "group.id",
+                format!("storepulse-dev-alerts-{}", uuid::Uuid::new_v4()),
+            )
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .create()?;
+    consumer.subscribe(&[&kafka.topic(topic::ALERTS)])?;
+    let codec = storepulse_runtime::AvroCodec::new();
+    loop {
+        let m = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            m = consumer.recv() => m,
+        };
+        let Ok(m) = m else { continue };
+        let Ok(a) = codec.decode::<AlertTransition>(m.payload().unwrap_or_default()) else {
+            continue;
+        };
+        let at = chrono::DateTime::from_timestamp_micros(a.envelope.occurred_at)
+            .map(|t| t.format("%H:%M:%S").to_string())
+            .unwrap_or_default();
+        let state = match a.state {
+            AlertState::Firing => "FIRING  ",
+            AlertState::Resolved => "resolved",
+        };
+        println!(
+            "ALERT {state} {at} {:?} {}/{} {}: {}",
+            a.severity, a.envelope.store_id, a.subject, a.rule_id, a.summary
+        );
+    }
+}
+
 /// Options of `storepulse dev`.
 #[derive(Debug, Clone)]
 pub struct DevOptions {
@@ -200,13 +243,37 @@ pub async fn run(opts: DevOptions, shutdown: CancellationToken) -> anyhow::Resul
             services.clone(),
         ),
     );
+    // The rules run the example rule file, copied where the newcomer can edit it:
+    // changes are picked up live.
+    let rules_file = root.path().join("rules.toml");
+    std::fs::write(&rules_file, DEV_RULES).context("write the dev rule file")?;
+    let rules_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let rules_addr = rules_listener.local_addr()?;
+    let rules_cfg = storepulse_rules::RulesConfig {
+        kafka: kafka_cfg.clone(),
+        postgres: postgres.clone(),
+        log: log.clone(),
+        rules: storepulse_rules::RulesSettings {
+            rules_file: rules_file.display().to_string(),
+            ..Default::default()
+        },
+    };
+    spawn_service(
+        &mut running,
+        "rules",
+        storepulse_rules::run_with_listener(rules_cfg, rules_listener, services.clone()),
+    );
+    spawn_service(
+        &mut running,
+        "alerts-tail",
+        print_alerts(kafka_cfg.clone(), services.clone()),
+    );
     let shell = |kafka: &KafkaConfig| ShellConfig {
         kafka: kafka.clone(),
         log: log.clone(),
         ops: OpsSettings::listening_on("127.0.0.1:0"),
     };
     for (name, l) in [
-        ("rules", tokio::net::TcpListener::bind("127.0.0.1:0").await?),
         (
             "forecaster",
             tokio::net::TcpListener::bind("127.0.0.1:0").await?,
@@ -220,7 +287,6 @@ pub async fn run(opts: DevOptions, shutdown: CancellationToken) -> anyhow::Resul
         let token = services.clone();
         spawn_service(&mut running, name, async move {
             match name {
-                "rules" => storepulse_rules::run_with_listener(cfg, l, token).await,
                 "forecaster" => storepulse_forecaster::run_with_listener(cfg, l, token).await,
                 // The notifier needs a policy file and receivers: dev shows its
                 // ops endpoints only (run it with `storepulse run notifier`).
@@ -261,6 +327,11 @@ pub async fn run(opts: DevOptions, shutdown: CancellationToken) -> anyhow::Resul
     println!("  Postgres   : psql {database_url}");
     println!("  broker     : {}", kafka_cfg.brokers);
     println!("  compactor  : http://{compactor_addr}/metrics");
+    println!(
+        "  rules      : {} (edit it: reloaded live)   metrics: http://{rules_addr}/metrics",
+        rules_file.display()
+    );
+    println!("  alerts     : printed below as they fire and resolve (topic alerts.v1)");
     println!("Press Ctrl-C to stop.\n");
 
     let mut per_topic: BTreeMap<&'static str, u64> = BTreeMap::new();

@@ -117,6 +117,18 @@ fn the_example_config_is_valid_and_matches_the_defaults() {
     assert_eq!(compactor.maintenance_interval_secs, 3_600);
     let pg: storepulse_runtime::PostgresConfig = src.section("postgres").expect("postgres");
     assert_eq!(pg.statement_timeout_ms, 30_000);
+    let rules: storepulse_rules::RulesSettings = src.section("rules").expect("rules");
+    let defaults = storepulse_rules::RulesSettings::default();
+    assert_eq!(rules.allowed_lateness_ms, defaults.allowed_lateness_ms);
+    assert_eq!(rules.idle_timeout_ms, defaults.idle_timeout_ms);
+    storepulse_rules::load_rules(&storepulse_rules::RulesSettings {
+        rules_file: std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(&rules.rules_file)
+            .display()
+            .to_string(),
+        ..defaults
+    })
+    .expect("the example config names the example rule file");
     let _: storepulse_runtime::KafkaConfig = src.section("kafka").expect("kafka");
     let _: storepulse_runtime::LogConfig = src.section("log").expect("log");
     let notifier: storepulse_notifier::NotifierSettings =

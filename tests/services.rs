@@ -127,8 +127,9 @@ async fn a_poison_record_is_dead_lettered_and_the_partition_moves_on() {
 async fn service_shells_serve_ops_endpoints_and_stop_on_request() {
     let stack = TestStack::start("shells").await;
     let client = reqwest::Client::new();
-    // The notifier is a working service now (tests/notifier.rs).
-    for service in ["rules", "forecaster"] {
+    // The notifier and the rules are working services now (tests/notifier.rs,
+    // tests/rules.rs).
+    for service in ["forecaster"] {
         let shutdown = CancellationToken::new();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -139,17 +140,10 @@ async fn service_shells_serve_ops_endpoints_and_stop_on_request() {
             stack.kafka.brokers
         ))
         .expect("config");
-        let cfg: ShellConfig = match service {
-            "rules" => storepulse_rules::config(&src),
-            _ => storepulse_forecaster::config(&src),
-        }
-        .expect("config");
+        let cfg: ShellConfig = storepulse_forecaster::config(&src).expect("config");
         let token = shutdown.clone();
         let handle = tokio::spawn(async move {
-            match service {
-                "rules" => storepulse_rules::run_with_listener(cfg, listener, token).await,
-                _ => storepulse_forecaster::run_with_listener(cfg, listener, token).await,
-            }
+            storepulse_forecaster::run_with_listener(cfg, listener, token).await
         });
         let ready = eventually("readyz", Duration::from_secs(30), || {
             let c = client.clone();

@@ -7,6 +7,7 @@
 pub mod feed;
 pub mod recording_http;
 pub mod recount;
+pub mod rules;
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -1186,24 +1186,4 @@ impl ReadStoreWriter {
     }
 }
 
-/// How a Postgres error bears on a batch: the connection (retry), the data (isolate
-/// the record), or the deployment (stop).
-pub fn classify_postgres(e: &tokio_postgres::Error) -> Failure {
-    let Some(code) = e.code() else {
-        // No SQLSTATE: the connection broke or could not be made.
-        return Failure::Transient;
-    };
-    let c = code.code();
-    match c {
-        // Connection exceptions; the server shutting down or starting.
-        _ if c.starts_with("08") => Failure::Transient,
-        "57P01" | "57P02" | "57P03" => Failure::Transient,
-        // The server asks for a retry: serialization failure, deadlock; and the
-        // session timeouts (statement_timeout, lock_timeout) under contention.
-        "40001" | "40P01" | "57014" | "55P03" => Failure::Transient,
-        // Data exceptions, integrity violations, program limits (a row too big):
-        // something in the batch cannot be stored.
-        _ if c.starts_with("22") || c.starts_with("23") || c.starts_with("54") => Failure::Poison,
-        _ => Failure::Fatal,
-    }
-}
+pub use storepulse_runtime::db::classify_postgres;

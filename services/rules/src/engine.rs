@@ -34,6 +34,8 @@ use storepulse_runtime::records::{
     AlertSeverity, AlertState, AlertTransition, Envelope, SensorKind,
 };
 
+use storepulse_runtime::contract::MAX_TEXT_LEN;
+
 use crate::calendar::Calendar;
 use crate::machines::{
     AbsenceState, ColdState, DoorLog, HysteresisState, RateState, SalesState, Step, StockState,
@@ -332,13 +334,19 @@ impl Engine {
         self.partitions.get(&partition)
     }
 
-    /// Stores of `partition` changed since the last call, with their state.
-    pub fn take_dirty(&mut self, partition: i32) -> Vec<&StoreState> {
-        let Some(p) = self.partitions.get_mut(&partition) else {
+    /// Stores of `partition` changed since [`Engine::clear_dirty`], with their state.
+    pub fn dirty_stores(&self, partition: i32) -> Vec<&StoreState> {
+        let Some(p) = self.partitions.get(&partition) else {
             return Vec::new();
         };
-        let dirty = std::mem::take(&mut p.dirty);
-        dirty.iter().filter_map(|k| p.stores.get(k)).collect()
+        p.dirty.iter().filter_map(|k| p.stores.get(k)).collect()
+    }
+
+    /// Marks `partition`'s stores as saved.
+    pub fn clear_dirty(&mut self, partition: i32) {
+        if let Some(p) = self.partitions.get_mut(&partition) {
+            p.dirty.clear();
+        }
     }
 
     /// Open incidents (firing cells) across every held partition.
@@ -1178,6 +1186,14 @@ fn transition(
             .strip_prefix("label.")
             .and_then(|l| labels.get(l).cloned()),
     });
+    let mut message = message;
+    if message.len() > MAX_TEXT_LEN {
+        let mut cut = MAX_TEXT_LEN;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+    }
     Transition {
         store: store.clone(),
         rule: rule.name.clone(),
@@ -1186,7 +1202,12 @@ fn transition(
         } else {
             rule.spec.kind_name().into()
         },
-        entity: entity.to_string(),
+        // Store-wide alerts are about the store.
+        entity: if entity.is_empty() {
+            store.store.clone()
+        } else {
+            entity.to_string()
+        },
         firing,
         severity: rule.severity,
         started_at,

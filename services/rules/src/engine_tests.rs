@@ -323,7 +323,7 @@ fn a_whole_store_silent_fires_once_over_every_source() {
         .collect();
     assert_eq!(
         s,
-        vec![("store-silent".into(), "".into(), true, 5 * M, 20 * M)]
+        vec![("store-silent".into(), "s1".into(), true, 5 * M, 20 * M)]
     );
     let mut out2 = Output::default();
     e.observe(
@@ -339,7 +339,7 @@ fn a_whole_store_silent_fires_once_over_every_source() {
         .collect();
     assert_eq!(
         s,
-        vec![("store-silent".into(), "".into(), false, 5 * M, 30 * M)]
+        vec![("store-silent".into(), "s1".into(), false, 5 * M, 30 * M)]
     );
 }
 
@@ -363,7 +363,7 @@ fn restored_state_continues_exactly() {
         // Checkpoint: partition metadata and each store, as JSON.
         let meta = serde_json::to_string(first.partition(0).expect("held")).expect("ser");
         let stores: Vec<String> = first
-            .take_dirty(0)
+            .dirty_stores(0)
             .iter()
             .map(|s| serde_json::to_string(s).expect("ser"))
             .collect();

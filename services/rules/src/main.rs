@@ -5,11 +5,12 @@ use std::path::PathBuf;
 use clap::Parser;
 use storepulse_runtime::{ConfigSource, shutdown};
 
-/// Rules evaluator. Will evaluate threshold, absence, rate-of-change, stock and forecast rules per store in event time and emit alert lifecycle events to alerts.v1.
+/// Rules evaluator: evaluates the rule file's threshold, absence, rate-of-change,
+/// stock, sales-anomaly and cold-chain rules per store in event time and emits
+/// alert lifecycles (firing, resolved) to alerts.v1.
 ///
-/// THIS RELEASE: a service shell only. It serves /metrics, /healthz and /readyz on
-/// rules.http_listen (default 9103) and stops cleanly on SIGTERM; it does not consume
-/// or produce any records yet.
+/// Needs rules.rules_file (the rule file, TOML; reloaded on change). Serves
+/// /metrics, /healthz and /readyz on rules.http_listen (default 9103).
 ///
 /// Configuration: --config FILE (or STOREPULSE_CONFIG), overridden by
 /// STOREPULSE_<SECTION>__<KEY> variables.

@@ -927,6 +927,22 @@ fn compile(name: &str, table: Table, tenant: Option<&str>) -> Result<Option<Rule
         }
     };
     let labels = f.string_map("labels")?;
+    // Room for the entity's own labels (appliance, kind) within the topic contract.
+    let max = storepulse_runtime::contract::MAX_LABELS - 2;
+    if labels.len() > max {
+        return Err(f.err("labels", format!("at most {max} labels")));
+    }
+    for (k, v) in &labels {
+        let bad = storepulse_runtime::contract::check_text("labels", k).is_err()
+            || v.len() > storepulse_runtime::contract::MAX_ID_LEN
+            || v.contains('\0');
+        if bad {
+            return Err(f.err(
+                &format!("labels.{k}"),
+                "names and values must be non-empty, at most 128 bytes, without NUL",
+            ));
+        }
+    }
     let during = match f.string("during")?.as_deref() {
         None | Some("always") => During::Always,
         Some("open_hours") => During::OpenHours,
@@ -1439,6 +1455,32 @@ timeout = "15m"
 
         let e = error_of("[[rules]\n");
         assert!(e.reason.contains("not valid TOML"), "{e}");
+    }
+
+    #[test]
+    fn the_example_file_loads_with_every_kind() {
+        let set = RuleSet::parse(include_str!("../../../config/rules.example.toml"))
+            .expect("config/rules.example.toml is valid");
+        let d = set.for_tenant("anyone");
+        let kinds: BTreeSet<&str> = d.by_name.values().map(|r| r.spec.kind_name()).collect();
+        assert_eq!(
+            kinds,
+            BTreeSet::from([
+                "threshold",
+                "absence",
+                "rate_of_change",
+                "stock",
+                "sales_anomaly",
+                "cold_chain"
+            ])
+        );
+        let acme = set.for_tenant("acme");
+        assert!(!acme.by_name.contains_key("sales-drop"));
+        assert!(acme.by_name.contains_key("night-door-open"));
+        let Spec::Threshold(h) = acme.by_name["freezer-warm"].spec else {
+            panic!("threshold")
+        };
+        assert_eq!((h.fire, h.clear), (-18.0, -20.0));
     }
 
     #[test]

@@ -984,14 +984,15 @@ impl<P: BatchProcessor> BatchConsumer<P> {
         }
         let previous = std::mem::replace(&mut self.last_idle_tick, Instant::now());
         let delivered = std::mem::take(&mut self.delivered);
-        if std::mem::replace(&mut self.saturated, false) {
-            return Ok(());
-        }
+        let saturated = std::mem::replace(&mut self.saturated, false);
         let mut idle: Vec<(String, i32)> = self
             .assigned
             .iter()
             .filter(|(tp, since)| {
-                **since <= previous && !delivered.contains(*tp) && !self.blocked.contains_key(*tp)
+                !saturated
+                    && **since <= previous
+                    && !delivered.contains(*tp)
+                    && !self.blocked.contains_key(*tp)
             })
             .map(|(tp, _)| tp.clone())
             .collect();
