@@ -401,6 +401,9 @@ async fn a_kill_9_mid_incident_neither_loses_nor_repeats_an_alert() {
     }
     send_all(&producer(&stack), &recs).await;
     // Every checkpoint takes a while, so the kill lands mid-stream.
+    storepulse_runtime::db::migrate_set(&stack.pool, &storepulse_rules::checkpoint::MIGRATIONS)
+        .await
+        .expect("rules schema");
     stack
         .pool
         .get()
