@@ -10,8 +10,8 @@
 //! the same function: public views for the analyst relations, and views of the raw
 //! relations in schema `storepulse_analyst`, which the role finds first on its
 //! search_path (decision 0011). A role created here may read exactly those relations
-//! plus the reference table `sensor_limits`; nothing else (API keys, offsets, the raw
-//! hypertables themselves).
+//! plus the reference tables `sensor_limits` and `device_status_settings`; nothing
+//! else (API keys, offsets, the raw hypertables themselves).
 
 use deadpool_postgres::Pool;
 use storepulse_runtime::db::describe;
@@ -83,7 +83,7 @@ pub async fn create(
         return Err(AnalystError::Exists(role.to_string()));
     }
     tx.batch_execute(&format!(
-        "CREATE ROLE {role} LOGIN PASSWORD {} NOINHERIT; GRANT USAGE ON SCHEMA public TO {role}; GRANT SELECT ON sensor_limits TO {role}; GRANT EXECUTE ON FUNCTION storepulse_analyst_tenant(name) TO {role}",
+        "CREATE ROLE {role} LOGIN PASSWORD {} NOINHERIT; GRANT USAGE ON SCHEMA public TO {role}; GRANT SELECT ON sensor_limits TO {role}; GRANT SELECT ON device_status_settings TO {role}; GRANT EXECUTE ON FUNCTION storepulse_analyst_tenant(name) TO {role}",
         literal(password)
     ))
     .await?;

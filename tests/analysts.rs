@@ -111,7 +111,7 @@ async fn only_its_tenant(flavour: Flavour) {
         });
         feed.push(&DemandForecast {
             envelope: envelope.clone(),
-            sku: "milk".into(),
+            sku: format!("sku-{n}"),
             method: "m".into(),
             interval_level: 0.9,
             days: vec![ForecastDay {
@@ -123,6 +123,16 @@ async fn only_its_tenant(flavour: Flavour) {
             on_hand: None,
             days_of_cover: None,
             stock_out_probability: None,
+        });
+        feed.push(&InventoryChange {
+            envelope: Envelope {
+                event_id: Uuid::new_v4().to_string(),
+                ..envelope.clone()
+            },
+            kind: InventoryChangeKind::Snapshot,
+            sku: format!("sku-{n}"),
+            quantity: 3.0,
+            reason: None,
         });
         feed.push(&NotificationOutcome {
             envelope,
@@ -215,6 +225,11 @@ async fn only_its_tenant(flavour: Flavour) {
         "demand_forecasts",
         "demand_forecast_days",
         "notification_outcomes",
+        "stock_on_hand",
+        "alert_history",
+        "open_alerts",
+        "forecast_daily",
+        "forecast_vs_actual",
     ] {
         let all = client
             .query_one(&format!("SELECT count(*) FROM {relation}"), &[])
@@ -238,6 +253,21 @@ async fn only_its_tenant(flavour: Flavour) {
     for (sql, expected) in around {
         assert_eq!(count(sql).await.ok(), expected, "{sql}");
     }
+    assert_eq!(
+        count("SELECT count(*) FROM device_status")
+            .await
+            .expect("view"),
+        1,
+        "acme's freezer only"
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM device_status_settings")
+            .await
+            .expect("settings"),
+        2
+    );
+    let denied = count("SELECT count(*) FROM event_keys").await;
+    assert!(denied.is_err(), "no access to the key ledger");
     let denied = count("SELECT count(*) FROM api_keys").await;
     assert!(denied.is_err(), "no access to API keys");
     let denied = client.execute("DELETE FROM sensor_readings", &[]).await;

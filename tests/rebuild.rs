@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 /// Relations compared, with the columns that differ by construction left out.
-const RELATIONS: [(&str, &str); 16] = [
+const RELATIONS: [(&str, &str); 21] = [
     ("sales", "t"),
     ("sale_lines", "t"),
     ("inventory_changes", "t"),
@@ -34,6 +34,14 @@ const RELATIONS: [(&str, &str); 16] = [
     ("sensor_stats_5m", "t"),
     ("sensor_stats_hourly", "t"),
     ("pos_uptime_daily", "t"),
+    ("device_last_seen", "t"),
+    ("stock_on_hand", "t"),
+    ("alert_history", "t"),
+    ("forecast_daily", "t"),
+    (
+        "forecast_vs_actual",
+        "(t.tenant_id, t.store_id, t.sku, t.day, t.forecast_units, t.actual_units, t.error)",
+    ),
 ];
 
 async fn send<T: Record>(
@@ -137,6 +145,39 @@ async fn alerts_forecasts_outcomes(
         },
     )
     .await;
+    for (n, snapshot, quantity) in [(5, true, 30.0), (6, false, -4.5), (7, false, 12.0)] {
+        send(
+            producer,
+            stack,
+            codec,
+            &InventoryChange {
+                envelope: envelope(n, now - (8 - n) * 600_000_000),
+                kind: if snapshot {
+                    InventoryChangeKind::Snapshot
+                } else {
+                    InventoryChangeKind::Adjustment
+                },
+                sku: "milk".into(),
+                quantity,
+                reason: (!snapshot).then_some(AdjustmentReason::CountCorrection),
+            },
+        )
+        .await;
+    }
+    send(
+        producer,
+        stack,
+        codec,
+        &PosHeartbeat {
+            envelope: envelope(8, now),
+            terminal_id: "pos-1".into(),
+            app_up: true,
+            printer: PrinterStatus::PaperLow,
+            network: NetworkStatus::Online,
+            software_version: None,
+        },
+    )
+    .await;
     send(
         producer,
         stack,
@@ -153,7 +194,7 @@ async fn alerts_forecasts_outcomes(
         },
     )
     .await;
-    sent + 2
+    sent + 6
 }
 
 async fn fingerprint(
@@ -239,7 +280,7 @@ async fn rebuild_equals_live(flavour: Flavour) {
             .await
             == 400
             && stack
-                .count("SELECT coalesce(sum(next_offset), 0)::bigint FROM consumer_offsets WHERE topic IN ('alerts.v1', 'forecasts.v1', 'notifications.v1')")
+                .count("SELECT coalesce(sum(next_offset), 0)::bigint FROM consumer_offsets WHERE topic IN ('alerts.v1', 'forecasts.v1', 'notifications.v1', 'pos.inventory.v1', 'pos.device.v1')")
                 .await
                 == others
             && stack.count("SELECT count(*) FROM rejected_events").await == 8)
@@ -303,6 +344,18 @@ async fn rebuild_equals_live(flavour: Flavour) {
             .await
             .0,
         7
+    );
+    assert_eq!(fingerprint(&stack.pool, "alert_history", "t").await.0, 7);
+    assert_eq!(stack.count("SELECT count(*) FROM open_alerts").await, 3);
+    assert_eq!(
+        stack
+            .count("SELECT count(*) FROM stock_on_hand WHERE on_hand = 37.5")
+            .await,
+        7
+    );
+    assert_eq!(
+        fingerprint(&stack.pool, "device_last_seen", "t").await.0,
+        14
     );
 
     // A second rebuild into the same (now used) database is refused.

@@ -417,3 +417,364 @@ async fn the_contract_of_the_new_topics_is_enforced() {
         Some("key")
     );
 }
+
+async fn rows(db: &TestDb, sql: &str) -> Vec<String> {
+    let client = db.pool.get().await.expect("client");
+    client
+        .query(&format!("SELECT t::text FROM ({sql}) t ORDER BY 1"), &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+fn stock(env: Envelope, sku: &str, snapshot: bool, quantity: f64) -> InventoryChange {
+    InventoryChange {
+        envelope: env,
+        kind: if snapshot {
+            InventoryChangeKind::Snapshot
+        } else {
+            InventoryChangeKind::Adjustment
+        },
+        sku: sku.into(),
+        quantity,
+        reason: (!snapshot).then_some(AdjustmentReason::Delivery),
+    }
+}
+
+/// Stock on hand on numbers worked out by hand: a snapshot resets, adjustments after
+/// it add, one at the snapshot's very time is in it, a late older snapshot or
+/// adjustment changes what it should, whatever the batches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stock_on_hand_is_the_standing_snapshot_plus_later_adjustments() {
+    let db = TestDb::start("relstock").await;
+    let mut feed = Feed::new(&db.pool, "g");
+    let t = |hh: u32| at(&format!("2026-11-23T{hh:02}:00:00Z"));
+    let e = |n: u128, hh: u32| envelope("acme", "s-1", n, t(hh));
+    let on_hand =
+        "SELECT sku, on_hand, snapshot_quantity, adjustments_since, changes FROM stock_on_hand";
+    // milk: adjustments only (no snapshot yet): 5 + 2.5.
+    feed.push(&stock(e(1, 8), "milk", false, 5.0));
+    feed.push(&stock(e(2, 9), "milk", false, 2.5));
+    feed.flush().await.expect("apply");
+    assert_eq!(rows(&db, on_hand).await, vec!["(milk,7.5,,7.5,2)"]);
+    // A snapshot at 10:00 resets to 20; an adjustment at 10:00 is in it; one at 11:00 adds.
+    feed.push(&stock(e(3, 11), "milk", false, -3.0));
+    feed.push(&stock(e(4, 10), "milk", true, 20.0));
+    feed.push(&stock(e(5, 10), "milk", false, 100.0));
+    feed.flush().await.expect("apply");
+    assert_eq!(rows(&db, on_hand).await, vec!["(milk,17,20,-3,5)"]);
+    // Late: an older snapshot (09:00) changes nothing; an adjustment at 12:00 adds; an
+    // adjustment at 09:30 is before the snapshot.
+    feed.push(&stock(e(6, 9), "milk", true, 999.0));
+    feed.push(&stock(e(7, 12), "milk", false, 1.25));
+    feed.push(&stock(
+        envelope("acme", "s-1", 8, t(9) + 1_800_000_000),
+        "milk",
+        false,
+        7.0,
+    ));
+    feed.flush().await.expect("apply");
+    assert_eq!(rows(&db, on_hand).await, vec!["(milk,18.25,20,-1.75,8)"]);
+    // A newer snapshot (11:30) in a later batch: only adjustments after it count.
+    feed.push(&stock(
+        envelope("acme", "s-1", 9, t(11) + 1_800_000_000),
+        "milk",
+        true,
+        4.0,
+    ));
+    feed.flush().await.expect("apply");
+    assert_eq!(rows(&db, on_hand).await, vec!["(milk,5.25,4,1.25,9)"]);
+    // Two snapshots at one time: the greater event id stands.
+    feed.push(&stock(e(11, 13), "milk", true, 6.0));
+    feed.push(&stock(e(10, 13), "milk", true, 60.0));
+    feed.flush().await.expect("apply");
+    assert_eq!(
+        rows(&db, "SELECT on_hand, snapshot_event_id FROM stock_on_hand").await,
+        vec![format!("(6,{})", Uuid::from_u128(11))]
+    );
+    support::recount::rollups_equal_recount(&db.pool)
+        .await
+        .expect("equal to a recount");
+}
+
+fn heartbeat(env: Envelope, terminal: &str, app_up: bool, network: NetworkStatus) -> PosHeartbeat {
+    PosHeartbeat {
+        envelope: env,
+        terminal_id: terminal.into(),
+        app_up,
+        printer: PrinterStatus::Ok,
+        network,
+        software_version: Some("4.2".into()),
+    }
+}
+
+/// Device status: the last event by event time stands; offline when silent longer
+/// than the device type's setting, or when the last heartbeat said the app is down or
+/// the network offline; a changed setting applies at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_status_says_offline_when_silent_or_down() {
+    let db = TestDb::start("reldevice").await;
+    let mut feed = Feed::new(&db.pool, "g");
+    let now = Utc::now().timestamp_micros();
+    let min = 60_000_000;
+    let e = |n: u128, ago_min: i64| envelope("acme", "s-1", n, now - ago_min * min);
+    // pos-1: the newest heartbeat (1 min ago) arrives first, an older one later.
+    feed.push(&heartbeat(e(1, 1), "pos-1", true, NetworkStatus::Online));
+    feed.push(&heartbeat(e(2, 5), "pos-1", false, NetworkStatus::Offline));
+    // pos-2: silent for 10 minutes; pos-3: app down; pos-4: network offline.
+    feed.push(&heartbeat(e(3, 10), "pos-2", true, NetworkStatus::Online));
+    feed.push(&heartbeat(e(4, 1), "pos-3", false, NetworkStatus::Online));
+    feed.push(&heartbeat(e(5, 1), "pos-4", true, NetworkStatus::Offline));
+    feed.flush().await.expect("apply");
+    feed.push(&heartbeat(e(6, 3), "pos-1", false, NetworkStatus::Online));
+    // Sensors: freezer-1 read 5 minutes ago, door-1 20 minutes ago.
+    feed.push(&SensorReading {
+        envelope: e(7, 5),
+        device_id: "freezer-1".into(),
+        kind: SensorKind::Temperature,
+        value: -18.0,
+        unit: SensorUnit::Celsius,
+        appliance: Some("freezer".into()),
+    });
+    feed.push(&SensorReading {
+        envelope: e(8, 20),
+        device_id: "door-1".into(),
+        kind: SensorKind::Door,
+        value: 0.0,
+        unit: SensorUnit::OpenClosed,
+        appliance: None,
+    });
+    feed.flush().await.expect("apply");
+    let status = "SELECT device_type, device_id, status, offline_reason FROM device_status";
+    assert_eq!(
+        rows(&db, status).await,
+        vec![
+            "(pos_terminal,pos-1,online,)",
+            "(pos_terminal,pos-2,offline,silent)",
+            "(pos_terminal,pos-3,offline,app_down)",
+            "(pos_terminal,pos-4,offline,network_offline)",
+            "(sensor,door-1,offline,silent)",
+            "(sensor,freezer-1,online,)",
+        ]
+    );
+    assert_eq!(
+        db.count(&format!(
+            "SELECT count(*) FROM device_status WHERE device_id = 'pos-1'
+               AND last_seen_at = to_timestamp({}) AND software_version = '4.2'",
+            (now - min) as f64 / 1e6
+        ))
+        .await,
+        1,
+        "the newest heartbeat stands"
+    );
+    db.pool
+        .get()
+        .await
+        .expect("client")
+        .batch_execute(
+            "UPDATE device_status_settings SET offline_after = interval '30 minutes'
+             WHERE device_type = 'sensor';
+             UPDATE device_status_settings SET offline_after = interval '15 seconds'
+             WHERE device_type = 'pos_terminal'",
+        )
+        .await
+        .expect("settings");
+    assert_eq!(
+        rows(&db, status).await,
+        vec![
+            "(pos_terminal,pos-1,offline,silent)",
+            "(pos_terminal,pos-2,offline,silent)",
+            "(pos_terminal,pos-3,offline,silent)",
+            "(pos_terminal,pos-4,offline,silent)",
+            "(sensor,door-1,online,)",
+            "(sensor,freezer-1,online,)",
+        ]
+    );
+    support::recount::rollups_equal_recount(&db.pool)
+        .await
+        .expect("equal to a recount");
+}
+
+/// Alert history: one row per incident, whatever the order and repeats of its
+/// transitions; open alerts are the incidents not resolved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alert_history_has_one_row_per_incident_with_its_time_to_resolve() {
+    let db = TestDb::start("relalerts").await;
+    let mut feed = Feed::new(&db.pool, "g");
+    let started = at("2026-11-23T09:50:00Z");
+    let tr = |n: u128, alert: &str, state: AlertState, severity: AlertSeverity, when: &str| {
+        transition(
+            envelope("acme", "s-1", n, at(when)),
+            alert,
+            state,
+            severity,
+            started,
+        )
+    };
+    // a-1: resolved arrives before firing (another partition's lag, a replay).
+    let mut resolved = tr(
+        1,
+        "a-1",
+        AlertState::Resolved,
+        AlertSeverity::Warning,
+        "2026-11-23T10:30:00Z",
+    );
+    resolved.ended_at = Some(at("2026-11-23T10:25:00Z"));
+    resolved.summary = "back below -17 °C".into();
+    feed.push(&resolved);
+    feed.flush().await.expect("apply");
+    feed.push(&tr(
+        2,
+        "a-1",
+        AlertState::Firing,
+        AlertSeverity::Warning,
+        "2026-11-23T10:00:00Z",
+    ));
+    // a-2: fired, escalated to critical by a second firing, still open; the same
+    // firing again with another event id (a producer that re-emits).
+    feed.push(&tr(
+        3,
+        "a-2",
+        AlertState::Firing,
+        AlertSeverity::Warning,
+        "2026-11-23T10:05:00Z",
+    ));
+    feed.push(&tr(
+        4,
+        "a-2",
+        AlertState::Firing,
+        AlertSeverity::Critical,
+        "2026-11-23T10:20:00Z",
+    ));
+    feed.push(&tr(
+        5,
+        "a-2",
+        AlertState::Firing,
+        AlertSeverity::Warning,
+        "2026-11-23T10:05:00Z",
+    ));
+    feed.flush().await.expect("apply");
+    assert_eq!(
+        rows(
+            &db,
+            "SELECT alert_id, severity, fired_at AT TIME ZONE 'UTC', resolved_at AT TIME ZONE 'UTC',
+                    ended_at AT TIME ZONE 'UTC', time_to_resolve, transitions, summary
+             FROM alert_history"
+        )
+        .await,
+        vec![
+            "(a-1,warning,\"2026-11-23 10:00:00\",\"2026-11-23 10:30:00\",\"2026-11-23 10:25:00\",00:40:00,2,\"freezer-1 above -15 °C for 10 min\")",
+            "(a-2,critical,\"2026-11-23 10:05:00\",,,,3,\"freezer-1 above -15 °C for 10 min\")",
+        ]
+    );
+    assert_eq!(
+        rows(
+            &db,
+            "SELECT alert_id, severity, rule_id, subject FROM open_alerts"
+        )
+        .await,
+        vec!["(a-2,critical,freezer-warm,freezer-1)"]
+    );
+    support::recount::rollups_equal_recount(&db.pool)
+        .await
+        .expect("equal to a recount");
+}
+
+fn sale(env: Envelope, kind: SaleKind, sku: &str, milli: i64) -> SaleTransaction {
+    let total_minor = storepulse_runtime::contract::total_minor(&[(milli, 100)]).expect("fits");
+    SaleTransaction {
+        transaction_id: format!("t-{}", env.event_id),
+        envelope: env,
+        kind,
+        terminal_id: "pos-1".into(),
+        currency: "EUR".into(),
+        lines: vec![LineItem {
+            sku: sku.into(),
+            quantity: milli as f64 / 1000.0,
+            unit_price_minor: 100,
+        }],
+        total_minor,
+        original_transaction_id: None,
+    }
+}
+
+/// Forecast vs actual: the latest forecast issued before the day stands; actual units
+/// are net of refunds and voids; the error measures follow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forecast_vs_actual_compares_the_day_ahead_forecast_with_net_sales() {
+    let db = TestDb::start("relforecast").await;
+    let mut feed = Feed::new(&db.pool, "g");
+    let e = |n: u128, when: &str| envelope("acme", "s-1", n, at(when));
+    // (A year back, so both days are complete.) Issued on the 22nd for the 23rd and 24th; a later forecast on the 22nd for the
+    // 23rd (stands); one issued during the 23rd (too late for the 23rd, stands for the
+    // 24th), arriving first.
+    feed.push(&forecast(
+        e(3, "2025-11-23T06:00:00Z"),
+        "milk",
+        "2025-11-23",
+        &[50.0, 8.0],
+    ));
+    feed.flush().await.expect("apply");
+    feed.push(&forecast(
+        e(1, "2025-11-22T06:00:00Z"),
+        "milk",
+        "2025-11-23",
+        &[9.0, 7.0],
+    ));
+    feed.push(&forecast(
+        e(2, "2025-11-22T18:00:00Z"),
+        "milk",
+        "2025-11-23",
+        &[10.0],
+    ));
+    // The 23rd: 12 sold, 1 refunded, 1 voided → 10 net; the 24th: nothing.
+    feed.push(&sale(
+        e(10, "2025-11-23T09:00:00Z"),
+        SaleKind::Sale,
+        "milk",
+        12_000,
+    ));
+    feed.push(&sale(
+        e(11, "2025-11-23T10:00:00Z"),
+        SaleKind::Refund,
+        "milk",
+        1_000,
+    ));
+    feed.push(&sale(
+        e(12, "2025-11-23T23:59:59Z"),
+        SaleKind::Void,
+        "milk",
+        1_000,
+    ));
+    feed.push(&sale(
+        e(13, "2025-11-24T00:00:00Z"),
+        SaleKind::Sale,
+        "bread",
+        4_000,
+    ));
+    feed.flush().await.expect("apply");
+    assert_eq!(
+        rows(
+            &db,
+            "SELECT day, forecast_units, actual_units, error, abs_error, pct_error,
+                    within_interval, day_complete, method, forecast_event_id
+             FROM forecast_vs_actual"
+        )
+        .await,
+        vec![
+            format!(
+                "(2025-11-23,10,10,0,0,0,t,t,holt-winters,{})",
+                Uuid::from_u128(2)
+            ),
+            format!(
+                "(2025-11-24,8,0,-8,8,,f,t,holt-winters,{})",
+                Uuid::from_u128(3)
+            ),
+        ]
+    );
+    support::recount::rollups_equal_recount(&db.pool)
+        .await
+        .expect("equal to a recount");
+}

@@ -17,6 +17,7 @@ use storepulse_runtime::AvroCodec;
 use storepulse_runtime::consumer::{Batch, BatchProcessor, ConsumedRecord, Positioned};
 use storepulse_runtime::db::Flavour;
 use storepulse_runtime::records::*;
+use storepulse_runtime::vocabulary::Vocabulary;
 use support::recount::{SALES_VALUES, SENSOR_VALUES, UPTIME_VALUES, rollups_equal_recount};
 use support::{TestDb, flavour_runs_here};
 use uuid::Uuid;
@@ -128,6 +129,10 @@ enum Published {
     Sale(SaleTransaction),
     Reading(SensorReading),
     Heartbeat(PosHeartbeat),
+    Inventory(InventoryChange),
+    Alert(AlertTransition),
+    Forecast(DemandForecast),
+    Outcome(NotificationOutcome),
 }
 
 impl Published {
@@ -136,6 +141,10 @@ impl Published {
             Published::Sale(s) => &s.envelope,
             Published::Reading(r) => &r.envelope,
             Published::Heartbeat(h) => &h.envelope,
+            Published::Inventory(c) => &c.envelope,
+            Published::Alert(a) => &a.envelope,
+            Published::Forecast(f) => &f.envelope,
+            Published::Outcome(o) => &o.envelope,
         }
     }
     fn envelope_mut(&mut self) -> &mut Envelope {
@@ -143,6 +152,10 @@ impl Published {
             Published::Sale(s) => &mut s.envelope,
             Published::Reading(r) => &mut r.envelope,
             Published::Heartbeat(h) => &mut h.envelope,
+            Published::Inventory(c) => &mut c.envelope,
+            Published::Alert(a) => &mut a.envelope,
+            Published::Forecast(f) => &mut f.envelope,
+            Published::Outcome(o) => &mut o.envelope,
         }
     }
     fn topic(&self) -> &'static str {
@@ -150,6 +163,10 @@ impl Published {
             Published::Sale(_) => topic::SALES,
             Published::Reading(_) => topic::SENSOR_READINGS,
             Published::Heartbeat(_) => topic::DEVICE,
+            Published::Inventory(_) => topic::INVENTORY,
+            Published::Alert(_) => topic::ALERTS,
+            Published::Forecast(_) => topic::FORECASTS,
+            Published::Outcome(_) => topic::NOTIFICATIONS,
         }
     }
     fn encode(&self, codec: &AvroCodec) -> Vec<u8> {
@@ -157,6 +174,10 @@ impl Published {
             Published::Sale(s) => codec.encode(s),
             Published::Reading(r) => codec.encode(r),
             Published::Heartbeat(h) => codec.encode(h),
+            Published::Inventory(c) => codec.encode(c),
+            Published::Alert(a) => codec.encode(a),
+            Published::Forecast(f) => codec.encode(f),
+            Published::Outcome(o) => codec.encode(o),
         }
         .expect("encode")
     }
@@ -515,6 +536,42 @@ enum Spec {
         network: NetworkStatus,
         secs: i64,
     },
+    /// A snapshot (`quantity` >= 0) or a signed adjustment (`quantity` != 0), at one of
+    /// a few times, so snapshots and adjustments often share one.
+    Inventory {
+        store: usize,
+        sku: usize,
+        snapshot: bool,
+        milli: i64,
+        slot: i64,
+    },
+    /// A transition of incident (alert `incident`, start `start`): at `delay` slots
+    /// after its start, with one of two subjects (the first transition's stands).
+    Alert {
+        store: usize,
+        incident: usize,
+        start: i64,
+        resolved: bool,
+        severity: AlertSeverity,
+        subject: usize,
+        delay: i64,
+        ended: bool,
+    },
+    /// A forecast issued at slot `issued` (6 h apart) for `means.len()` days from
+    /// `first_day` days after the workload's first day.
+    Forecast {
+        store: usize,
+        sku: usize,
+        issued: i64,
+        first_day: i32,
+        means: Vec<u16>,
+    },
+    Outcome {
+        store: usize,
+        channel: usize,
+        status: usize,
+        attempts: i32,
+    },
 }
 
 /// Something re-sent later: a retry (same payload) or a conflicting reuse of the id.
@@ -605,7 +662,81 @@ fn spec() -> impl Strategy<Value = Spec> {
                 secs,
             },
         );
-    prop_oneof![sale, reading, heartbeat]
+    let inventory = (
+        0..STORES.len(),
+        0usize..2,
+        proptest::bool::weighted(0.35),
+        1i64..20_000,
+        proptest::bool::ANY,
+        0i64..10,
+    )
+        .prop_map(
+            |(store, sku, snapshot, milli, negative, slot)| Spec::Inventory {
+                store,
+                sku,
+                snapshot,
+                milli: if !snapshot && negative { -milli } else { milli },
+                slot,
+            },
+        );
+    let severity = prop_oneof![
+        Just(AlertSeverity::Info),
+        Just(AlertSeverity::Warning),
+        Just(AlertSeverity::Critical),
+    ];
+    let alert = (
+        0..STORES.len(),
+        0usize..3,
+        0i64..2,
+        proptest::bool::weighted(0.4),
+        severity,
+        0usize..2,
+        0i64..5,
+        proptest::bool::ANY,
+    )
+        .prop_map(
+            |(store, incident, start, resolved, severity, subject, delay, ended)| Spec::Alert {
+                store,
+                incident,
+                start,
+                resolved,
+                severity,
+                subject,
+                delay,
+                ended,
+            },
+        );
+    let forecast = (
+        0..STORES.len(),
+        0usize..2,
+        0i64..5,
+        0i32..4,
+        proptest::collection::vec(0u16..500, 1..4),
+    )
+        .prop_map(|(store, sku, issued, first_day, means)| Spec::Forecast {
+            store,
+            sku,
+            issued,
+            first_day,
+            means,
+        });
+    let outcome = (0..STORES.len(), 0usize..4, 0usize..3, 1i32..4).prop_map(
+        |(store, channel, status, attempts)| Spec::Outcome {
+            store,
+            channel,
+            status,
+            attempts,
+        },
+    );
+    prop_oneof![
+        3 => sale,
+        3 => reading,
+        3 => heartbeat,
+        2 => inventory,
+        2 => alert,
+        2 => forecast,
+        1 => outcome,
+    ]
 }
 
 fn workload() -> impl Strategy<Value = Workload> {
@@ -686,6 +817,110 @@ fn publish(w: &Workload) -> Vec<Logged> {
                     *network,
                 )
             }
+            Spec::Inventory {
+                store,
+                sku,
+                snapshot,
+                milli,
+                slot,
+            } => {
+                let (tenant, s) = STORES[*store];
+                Published::Inventory(InventoryChange {
+                    envelope: envelope(tenant, s, id, base + slot * 900_000_000),
+                    kind: if *snapshot {
+                        InventoryChangeKind::Snapshot
+                    } else {
+                        InventoryChangeKind::Adjustment
+                    },
+                    sku: SKUS[*sku].into(),
+                    quantity: *milli as f64 / 1000.0,
+                    reason: (!snapshot).then_some(if *milli > 0 {
+                        AdjustmentReason::Delivery
+                    } else {
+                        AdjustmentReason::Shrink
+                    }),
+                })
+            }
+            Spec::Alert {
+                store,
+                incident,
+                start,
+                resolved,
+                severity,
+                subject,
+                delay,
+                ended,
+            } => {
+                let (tenant, s) = STORES[*store];
+                let started_at = base + start * 3_600_000_000;
+                let occurred_at = started_at + delay * 600_000_000;
+                Published::Alert(AlertTransition {
+                    envelope: envelope(tenant, s, id, occurred_at),
+                    alert_id: format!("alert-{incident}"),
+                    rule_id: format!("rule-{incident}"),
+                    state: if *resolved {
+                        AlertState::Resolved
+                    } else {
+                        AlertState::Firing
+                    },
+                    severity: *severity,
+                    subject: format!("device-{subject}"),
+                    summary: format!("summary {i}"),
+                    value: Some(*delay as f64),
+                    started_at,
+                    labels: [("zone".to_string(), format!("z{subject}"))].into(),
+                    ended_at: (*resolved && *ended).then_some(started_at + delay * 300_000_000),
+                    rule_kind: Some("threshold".into()),
+                })
+            }
+            Spec::Forecast {
+                store,
+                sku,
+                issued,
+                first_day,
+                means,
+            } => {
+                let (tenant, s) = STORES[*store];
+                // Days from 2026-11-22 (the workload's first day).
+                let first = (base / 86_400_000_000) as i32 + first_day;
+                Published::Forecast(DemandForecast {
+                    envelope: envelope(tenant, s, id, base + issued * 21_600_000_000),
+                    sku: SKUS[*sku].into(),
+                    method: format!("method-{issued}"),
+                    interval_level: 0.8,
+                    days: means
+                        .iter()
+                        .enumerate()
+                        .map(|(d, m)| ForecastDay {
+                            date: first + d as i32,
+                            mean: f64::from(*m) / 10.0,
+                            lower: f64::from(*m) / 20.0,
+                            upper: f64::from(*m) / 5.0,
+                        })
+                        .collect(),
+                    on_hand: None,
+                    days_of_cover: None,
+                    stock_out_probability: None,
+                })
+            }
+            Spec::Outcome {
+                store,
+                channel,
+                status,
+                attempts,
+            } => {
+                let (tenant, s) = STORES[*store];
+                Published::Outcome(NotificationOutcome {
+                    envelope: envelope(tenant, s, id, base),
+                    alert_id: "alert-0".into(),
+                    alert_state: NotifiedState::Firing,
+                    receiver: "manager".into(),
+                    channel: Channel::ALL[*channel],
+                    status: DeliveryStatus::ALL[*status],
+                    attempts: *attempts,
+                    error: None,
+                })
+            }
         }
     };
     let mut records: Vec<Published> = w
@@ -716,6 +951,16 @@ fn publish(w: &Workload) -> Vec<Logged> {
                     SensorKind::Temperature => r.value += 1.0,
                 },
                 Published::Heartbeat(h) => h.app_up = !h.app_up,
+                Published::Inventory(c) => match c.kind {
+                    InventoryChangeKind::Snapshot => c.quantity += 1.0,
+                    InventoryChangeKind::Adjustment => c.quantity *= 2.0,
+                },
+                Published::Alert(a) => a.summary.push_str(" (again)"),
+                Published::Forecast(f) => {
+                    f.days[0].mean += 1.0;
+                    f.days[0].upper = f.days[0].upper.max(f.days[0].mean);
+                }
+                Published::Outcome(o) => o.attempts += 1,
             }
         }
         let at = r.position % (records.len() + 1);
@@ -737,7 +982,10 @@ async fn run_case(db: &TestDb, w: &Workload) -> Result<(), TestCaseError> {
         .expect("client")
         .batch_execute(&format!(
             "TRUNCATE event_keys, sales, sale_lines, sensor_readings, pos_heartbeats,
-                      event_id_conflicts, consumer_offsets{rollups}"
+                      event_id_conflicts, consumer_offsets, inventory_changes,
+                      alert_transitions, demand_forecasts, demand_forecast_days,
+                      notification_outcomes, device_last_seen, stock_on_hand, alert_history,
+                      forecast_daily{rollups}"
         ))
         .await
         .expect("truncate");
@@ -780,13 +1028,16 @@ async fn run_case(db: &TestDb, w: &Workload) -> Result<(), TestCaseError> {
         .count(
             "SELECT (SELECT coalesce(sum(readings), 0) FROM sensor_stats_hourly)::bigint
                   + (SELECT coalesce(sum(heartbeats), 0) FROM pos_uptime_daily)::bigint
-                  + (SELECT count(*) FROM sale_lines)",
+                  + (SELECT count(*) FROM sale_lines)
+                  + (SELECT coalesce(sum(changes), 0) FROM stock_on_hand)::bigint
+                  + (SELECT coalesce(sum(transitions), 0) FROM alert_history)::bigint",
         )
         .await;
     let stored = db
         .count(
             "SELECT (SELECT count(*) FROM sensor_readings) + (SELECT count(*) FROM pos_heartbeats)
-                  + (SELECT count(*) FROM sale_lines)",
+                  + (SELECT count(*) FROM sale_lines) + (SELECT count(*) FROM inventory_changes)
+                  + (SELECT count(*) FROM alert_transitions)",
         )
         .await;
     prop_assert_eq!(counted, stored);
@@ -794,8 +1045,8 @@ async fn run_case(db: &TestDb, w: &Workload) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-/// Random workloads: every rollup equals a recount from the raw tables, on both
-/// flavours.
+/// Random workloads: every rollup and current-state relation equals a recount from the
+/// raw tables, on both flavours.
 mod every_rollup_equals_a_recount_of_the_raw_tables {
     use super::*;
 

@@ -21,5 +21,6 @@ WITH src AS (
     SELECT s.event_id, s.tenant_id, s.store_id, s.occurred_at, s.received_at, s.source,
            s.terminal_id, s.app_up, s.printer, s.network, s.software_version, s.content_hash
     FROM src s JOIN k USING (tenant_id, store_id, event_id)
-    RETURNING tenant_id, store_id, event_id, occurred_at, terminal_id, app_up, printer, network
+    RETURNING tenant_id, store_id, event_id, occurred_at, terminal_id, app_up, printer, network,
+              software_version
 )

@@ -17,5 +17,5 @@ WITH src AS (
     SELECT s.event_id, s.tenant_id, s.store_id, s.occurred_at, s.received_at, s.source, s.kind,
            s.sku, s.quantity, s.reason, s.content_hash
     FROM src s JOIN k USING (tenant_id, store_id, event_id)
-    RETURNING tenant_id, store_id, event_id
+    RETURNING tenant_id, store_id, event_id, occurred_at, kind, sku, quantity
 )

@@ -21,6 +21,14 @@
 //! come only from the rows those statements actually inserted (`RETURNING`), so a
 //! rollup always equals a recount of the raw tables (decision 0008).
 //!
+//! On both flavours the current-state relations (`device_last_seen`, `stock_on_hand`,
+//! `alert_history`, `forecast_daily`; migration 0007) are kept the same way, from the
+//! rows inserted, with order-independent combinations (the greatest `(occurred_at,
+//! event_id)` stands, earliest/latest times, highest severity, sums), so arrival
+//! order, batching and repeats cannot change them. `stock_on_hand` also reads the
+//! store's stored adjustments when a newer snapshot arrives; the writer locks the
+//! batch's stores first (`lock_stores.sql`) so no other writer of a store races it.
+//!
 //! A value Postgres refuses fails the batch with a data error, which the consumer
 //! loop treats as [`Failure::Poison`]: it splits the batch until the record at fault
 //! is alone and dead-letters it with the database's reason.
@@ -153,21 +161,25 @@ impl Relation {
     fn insert_sql(self, rollups: bool) -> String {
         let (raw, state, rollup) = match self {
             Relation::Sales => (include_str!("../sql/insert_sales.sql"), None, None),
-            Relation::Inventory => (include_str!("../sql/insert_inventory.sql"), None, None),
+            Relation::Inventory => (
+                include_str!("../sql/insert_inventory.sql"),
+                Some(include_str!("../sql/state_inventory.sql")),
+                None,
+            ),
             Relation::Heartbeats => (
                 include_str!("../sql/insert_heartbeats.sql"),
-                None,
+                Some(include_str!("../sql/state_heartbeats.sql")),
                 Some(include_str!("../sql/rollup_heartbeats.sql")),
             ),
             Relation::Sensor => (
                 include_str!("../sql/insert_sensor_readings.sql"),
-                None,
+                Some(include_str!("../sql/state_sensor_readings.sql")),
                 Some(include_str!("../sql/rollup_sensor_readings.sql")),
             ),
             Relation::Rejected => (include_str!("../sql/insert_rejected.sql"), None, None),
             Relation::Alerts => (
                 include_str!("../sql/insert_alert_transitions.sql"),
-                None,
+                Some(include_str!("../sql/state_alerts.sql")),
                 None,
             ),
             Relation::Forecasts => (
@@ -228,7 +240,7 @@ impl Statements {
             ),
             forecast_days: compose(
                 include_str!("../sql/insert_forecast_days.sql"),
-                [],
+                [Some(include_str!("../sql/state_forecast_days.sql"))],
                 "SELECT count(*) FROM ins",
             ),
         }
@@ -633,6 +645,23 @@ impl ReadStoreWriter {
             .iter()
             .map(|r| ((r.get::<_, String>(0), r.get::<_, i32>(1)), r.get(2)))
             .collect())
+    }
+
+    /// Locks the stores of `rows` for this transaction (`lock_stores.sql`): a
+    /// statement that reads a store's stored rows to keep its current state must not
+    /// race another writer of the same store.
+    async fn lock_stores(&self, tx: &Transaction<'_>, rows: &[Row<'_>]) -> Result<(), WriteError> {
+        let stores: std::collections::BTreeSet<(&str, &str)> = rows
+            .iter()
+            .map(|r| (r.key.0.as_str(), r.key.1.as_str()))
+            .collect();
+        let tenants: Vec<&str> = stores.iter().map(|(t, _)| *t).collect();
+        let ids: Vec<&str> = stores.iter().map(|(_, s)| *s).collect();
+        let stmt = tx
+            .prepare_cached(include_str!("../sql/lock_stores.sql"))
+            .await?;
+        tx.query_one(&stmt, &[&tenants, &ids]).await?;
+        Ok(())
     }
 
     /// Stores the batch's next offsets, all partitions in one statement.
@@ -1130,6 +1159,10 @@ impl ReadStoreWriter {
             let Some(rows) = by_relation.get(&relation) else {
                 continue;
             };
+            if relation == Relation::Inventory {
+                // stock_on_hand reads the store's stored changes.
+                self.lock_stores(&tx, rows).await?;
+            }
             let inserted = self
                 .insert(
                     &tx,
