@@ -1,13 +1,15 @@
 //! The read-store relations of alerts.v1, forecasts.v1 and notifications.v1, written
 //! by the compactor's writer against a real Postgres: raw rows keyed by the scoped
 //! idempotency key, retries stored once, conflicting reuses recorded, the topic
-//! contract enforced, the documented enum texts stored.
+//! contract enforced, the documented enum texts stored; and the current-state and
+//! analyst relations kept from them, on hand-worked examples — on both flavours.
 
 mod support;
 
 use std::collections::{BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
+use storepulse_runtime::db::Flavour;
 use storepulse_runtime::records::*;
 use storepulse_runtime::vocabulary::Vocabulary;
 use support::TestDb;
@@ -129,9 +131,8 @@ fn vocabulary<T: Vocabulary>() -> BTreeSet<String> {
 /// Each record is one row with its documented texts; a retry (received again, its
 /// labels map built anew) is stored once; a reuse of a stored id with another payload
 /// is recorded in event_id_conflicts and changes nothing.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn alerts_forecasts_and_outcomes_are_stored_once() {
-    let db = TestDb::start("relraw").await;
+async fn alerts_forecasts_and_outcomes_are_stored_once_on(flavour: Flavour) {
+    let db = TestDb::start_flavour("relraw", flavour).await;
     let mut feed = Feed::new(&db.pool, "g");
     let t = at("2026-11-23T10:00:00Z");
     let started = at("2026-11-23T09:50:00Z");
@@ -327,11 +328,14 @@ async fn alerts_forecasts_and_outcomes_are_stored_once() {
         1
     );
 }
+flavour_tests!(
+    alerts_forecasts_and_outcomes_are_stored_once,
+    super::alerts_forecasts_and_outcomes_are_stored_once_on
+);
 
 /// What breaks the topic contract is refused with the field named, never stored.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_contract_of_the_new_topics_is_enforced() {
-    let db = TestDb::start("relcontract").await;
+async fn the_contract_of_the_new_topics_is_enforced_on(flavour: Flavour) {
+    let db = TestDb::start_flavour("relcontract", flavour).await;
     let mut feed = Feed::new(&db.pool, "g");
     let t = at("2026-11-23T10:00:00Z");
     let ok = transition(
@@ -417,6 +421,10 @@ async fn the_contract_of_the_new_topics_is_enforced() {
         Some("key")
     );
 }
+flavour_tests!(
+    the_contract_of_the_new_topics_is_enforced,
+    super::the_contract_of_the_new_topics_is_enforced_on
+);
 
 async fn rows(db: &TestDb, sql: &str) -> Vec<String> {
     let client = db.pool.get().await.expect("client");
@@ -446,9 +454,8 @@ fn stock(env: Envelope, sku: &str, snapshot: bool, quantity: f64) -> InventoryCh
 /// Stock on hand on numbers worked out by hand: a snapshot resets, adjustments after
 /// it add, one at the snapshot's very time is in it, a late older snapshot or
 /// adjustment changes what it should, whatever the batches.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stock_on_hand_is_the_standing_snapshot_plus_later_adjustments() {
-    let db = TestDb::start("relstock").await;
+async fn stock_on_hand_is_the_standing_snapshot_plus_later_adjustments_on(flavour: Flavour) {
+    let db = TestDb::start_flavour("relstock", flavour).await;
     let mut feed = Feed::new(&db.pool, "g");
     let t = |hh: u32| at(&format!("2026-11-23T{hh:02}:00:00Z"));
     let e = |n: u128, hh: u32| envelope("acme", "s-1", n, t(hh));
@@ -498,6 +505,10 @@ async fn stock_on_hand_is_the_standing_snapshot_plus_later_adjustments() {
         .await
         .expect("equal to a recount");
 }
+flavour_tests!(
+    stock_on_hand_is_the_standing_snapshot_plus_later_adjustments,
+    super::stock_on_hand_is_the_standing_snapshot_plus_later_adjustments_on
+);
 
 fn heartbeat(env: Envelope, terminal: &str, app_up: bool, network: NetworkStatus) -> PosHeartbeat {
     PosHeartbeat {
@@ -513,9 +524,8 @@ fn heartbeat(env: Envelope, terminal: &str, app_up: bool, network: NetworkStatus
 /// Device status: the last event by event time stands; offline when silent longer
 /// than the device type's setting, or when the last heartbeat said the app is down or
 /// the network offline; a changed setting applies at once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn device_status_says_offline_when_silent_or_down() {
-    let db = TestDb::start("reldevice").await;
+async fn device_status_says_offline_when_silent_or_down_on(flavour: Flavour) {
+    let db = TestDb::start_flavour("reldevice", flavour).await;
     let mut feed = Feed::new(&db.pool, "g");
     let now = Utc::now().timestamp_micros();
     let min = 60_000_000;
@@ -596,12 +606,15 @@ async fn device_status_says_offline_when_silent_or_down() {
         .await
         .expect("equal to a recount");
 }
+flavour_tests!(
+    device_status_says_offline_when_silent_or_down,
+    super::device_status_says_offline_when_silent_or_down_on
+);
 
 /// Alert history: one row per incident, whatever the order and repeats of its
 /// transitions; open alerts are the incidents not resolved.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn alert_history_has_one_row_per_incident_with_its_time_to_resolve() {
-    let db = TestDb::start("relalerts").await;
+async fn alert_history_has_one_row_per_incident_with_its_time_to_resolve_on(flavour: Flavour) {
+    let db = TestDb::start_flavour("relalerts", flavour).await;
     let mut feed = Feed::new(&db.pool, "g");
     let started = at("2026-11-23T09:50:00Z");
     let tr = |n: u128, alert: &str, state: AlertState, severity: AlertSeverity, when: &str| {
@@ -681,6 +694,10 @@ async fn alert_history_has_one_row_per_incident_with_its_time_to_resolve() {
         .await
         .expect("equal to a recount");
 }
+flavour_tests!(
+    alert_history_has_one_row_per_incident_with_its_time_to_resolve,
+    super::alert_history_has_one_row_per_incident_with_its_time_to_resolve_on
+);
 
 fn sale(env: Envelope, kind: SaleKind, sku: &str, milli: i64) -> SaleTransaction {
     let total_minor = storepulse_runtime::contract::total_minor(&[(milli, 100)]).expect("fits");
@@ -702,9 +719,8 @@ fn sale(env: Envelope, kind: SaleKind, sku: &str, milli: i64) -> SaleTransaction
 
 /// Forecast vs actual: the latest forecast issued before the day stands; actual units
 /// are net of refunds and voids; the error measures follow.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn forecast_vs_actual_compares_the_day_ahead_forecast_with_net_sales() {
-    let db = TestDb::start("relforecast").await;
+async fn forecast_vs_actual_compares_the_day_ahead_forecast_with_net_sales_on(flavour: Flavour) {
+    let db = TestDb::start_flavour("relforecast", flavour).await;
     let mut feed = Feed::new(&db.pool, "g");
     let e = |n: u128, when: &str| envelope("acme", "s-1", n, at(when));
     // (A year back, so both days are complete.) Issued on the 22nd for the 23rd and 24th; a later forecast on the 22nd for the
@@ -778,3 +794,7 @@ async fn forecast_vs_actual_compares_the_day_ahead_forecast_with_net_sales() {
         .await
         .expect("equal to a recount");
 }
+flavour_tests!(
+    forecast_vs_actual_compares_the_day_ahead_forecast_with_net_sales,
+    super::forecast_vs_actual_compares_the_day_ahead_forecast_with_net_sales_on
+);
