@@ -7,6 +7,7 @@
 mod support;
 
 use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use storepulse_runtime::db::Flavour;
@@ -798,3 +799,72 @@ flavour_tests!(
     forecast_vs_actual_compares_the_day_ahead_forecast_with_net_sales,
     super::forecast_vs_actual_compares_the_day_ahead_forecast_with_net_sales_on
 );
+
+/// Two writers of one store's inventory (records produced without their store's key
+/// land in two partitions) take turns: each waits for the store's lock, so the second
+/// sees the first's rows and stock_on_hand is the snapshot plus both adjustments.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writers_of_one_store_take_turns_on_its_stock() {
+    let db = TestDb::start_flavour("relstocklock", Flavour::Plain).await;
+    let t = |hh: u32| at(&format!("2026-11-23T{hh:02}:00:00Z"));
+    let mut first = Feed::new(&db.pool, "g1");
+    first.push(&stock(
+        envelope("acme", "s-1", 1, t(11)),
+        "milk",
+        false,
+        5.0,
+    ));
+    let mut second = Feed::new(&db.pool, "g2");
+    second.push(&stock(
+        envelope("acme", "s-1", 2, t(10)),
+        "milk",
+        true,
+        20.0,
+    ));
+    second.push(&stock(
+        envelope("acme", "s-1", 3, t(12)),
+        "milk",
+        false,
+        1.0,
+    ));
+
+    // Hold the store's lock, as a third writer would.
+    let holder = db.pool.get().await.expect("client");
+    let key = "hashtextextended('storepulse.store/' || 'acme' || '/' || 's-1', 0)";
+    holder
+        .batch_execute(&format!("SELECT pg_advisory_lock({key})"))
+        .await
+        .expect("lock");
+    let a = tokio::spawn(async move { first.flush().await });
+    let b = tokio::spawn(async move { second.flush().await });
+    support::eventually(
+        "both writers wait for the store",
+        Duration::from_secs(30),
+        || async {
+            (db.count("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+                .await
+                == 2)
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(!a.is_finished() && !b.is_finished());
+    assert_eq!(db.count("SELECT count(*) FROM stock_on_hand").await, 0);
+    holder
+        .batch_execute(&format!("SELECT pg_advisory_unlock({key})"))
+        .await
+        .expect("unlock");
+    a.await.expect("join").expect("apply");
+    b.await.expect("join").expect("apply");
+    assert_eq!(
+        rows(
+            &db,
+            "SELECT on_hand, snapshot_quantity, adjustments_since, changes FROM stock_on_hand"
+        )
+        .await,
+        vec!["(26,20,6,3)"]
+    );
+    support::recount::rollups_equal_recount(&db.pool)
+        .await
+        .expect("equal to a recount");
+}
