@@ -480,47 +480,44 @@ async fn retries_fall_back_and_dead_letter_without_delaying_others() {
         ],
     )
     .await;
-    let status = |receiver: &'static str| {
-        let stack = &stack;
-        async move {
-            let client = stack.pool.get().await.expect("pg");
-            client
-                .query_opt(
-                    "SELECT status, attempts, channel FROM notifier.deliveries WHERE receiver = $1 AND status <> 'pending'",
-                    &[&receiver],
-                )
-                .await
-                .expect("query")
-                .map(|r| (r.get::<_, String>(0), r.get::<_, i32>(1)))
-        }
-    };
-    eventually("all finished", WITHIN, || async {
-        (stack
-            .count("SELECT count(*) FROM notifier.deliveries WHERE status = 'pending'")
+    // One snapshot of every finished delivery, awaited until all five receivers'
+    // rows are final. (Checking "nothing pending" and "five rows" in two queries
+    // raced: a row recorded between them was read as missing.)
+    let finished = eventually("all five deliveries finished", WITHIN, || async {
+        let rows = stack
+            .pool
+            .get()
             .await
-            == 0
-            && stack
-                .count("SELECT count(*) FROM notifier.deliveries")
-                .await
-                == 5)
-            .then_some(())
+            .expect("pg")
+            .query(
+                "SELECT receiver, status, attempts FROM notifier.deliveries WHERE status <> 'pending'",
+                &[],
+            )
+            .await
+            .expect("query");
+        let by_receiver: HashMap<String, (String, i32)> = rows
+            .iter()
+            .map(|r| (r.get(0), (r.get(1), r.get(2))))
+            .collect();
+        (by_receiver.len() == 5).then_some(by_receiver)
     })
     .await;
+    let status = |receiver: &str| finished.get(receiver).cloned();
     // Fails twice (503, then 429 with Retry-After), then succeeds: one key throughout.
-    assert_eq!(status("flaky").await, Some(("delivered".into(), 3)));
+    assert_eq!(status("flaky"), Some(("delivered".into(), 3)));
     let flaky = server.to("/flaky");
     assert_eq!(flaky.len(), 3);
     let keys: BTreeSet<&str> = flaky.iter().map(|r| r.header("idempotency-key")).collect();
     assert_eq!(keys.len(), 1, "retries reuse the Idempotency-Key");
     // Always 500: bounded tries, then failed + dead letter.
-    assert_eq!(status("dead").await, Some(("failed".into(), 3)));
+    assert_eq!(status("dead"), Some(("failed".into(), 3)));
     assert_eq!(server.to("/dead").len(), 3);
     assert_eq!(stack.count("SELECT count(*) FROM notifier.dead_letters WHERE receiver = 'dead' AND error LIKE '%HTTP 500%'").await, 1);
     // 400: never retried.
-    assert_eq!(status("refuses").await, Some(("failed".into(), 1)));
+    assert_eq!(status("refuses"), Some(("failed".into(), 1)));
     assert_eq!(server.to("/refuses").len(), 1);
     // The primary channel fails for good; the next channel delivers.
-    assert_eq!(status("fallback").await, Some(("delivered".into(), 3)));
+    assert_eq!(status("fallback"), Some(("delivered".into(), 3)));
     assert_eq!(server.to("/primary").len(), 2);
     assert_eq!(transitions(&server.to("/secondary")), ["b1:firing"]);
     assert_eq!(transitions(&server.to("/healthy")), ["h1:firing"]);

@@ -29,8 +29,8 @@ use uuid::Uuid;
 
 use crate::channels::{Outgoing, SendError, send_once};
 use crate::grouping::{GroupClock, Planned, Timings};
-use crate::ledger::PendingDelivery;
 use crate::ledger::{Final, Ledger, LedgerError};
+use crate::ledger::{FinishedDelivery, PendingDelivery};
 use crate::policy::{ChannelSpec, Policy, Receiver, RetryPolicy};
 use crate::rate_limit::TokenBucket;
 use crate::silences;
@@ -454,38 +454,8 @@ impl Worker {
         if finished.is_empty() {
             return Ok(());
         }
-        let now = to_micros(Utc::now());
         let sends = finished.iter().map(|f| {
-            let status = match f.status.as_str() {
-                "delivered" => DeliveryStatus::Delivered,
-                "failed" => DeliveryStatus::Failed,
-                _ => DeliveryStatus::Suppressed,
-            };
-            let outcome = NotificationOutcome {
-                envelope: Envelope {
-                    event_id: Uuid::new_v5(
-                        &OUTCOME_NAMESPACE,
-                        format!("{}|{}|{}", f.transition_id, self.receiver, f.status).as_bytes(),
-                    )
-                    .to_string(),
-                    tenant_id: f.tenant_id.clone(),
-                    store_id: f.store_id.clone(),
-                    occurred_at: now,
-                    received_at: now,
-                    source: "notifier".into(),
-                },
-                alert_id: f.alert_id.clone(),
-                alert_state: if f.alert_state == "resolved" {
-                    NotifiedState::Resolved
-                } else {
-                    NotifiedState::Firing
-                },
-                receiver: self.receiver.clone(),
-                channel: channel_kind(f.channel.as_deref()),
-                status,
-                attempts: f.attempts,
-                error: f.error.clone(),
-            };
+            let outcome = outcome_record(&self.receiver, f);
             let producer = self.ctx.producer.clone();
             async move { producer.send(&outcome).await }
         });
@@ -510,6 +480,43 @@ enum ChannelResult {
     Delivered,
     Interrupted,
     Failed(String),
+}
+
+/// The notifications.v1 record of a finished delivery. Everything in it comes from
+/// the ledger row (its times are the ledger's `finished_at`), so publishing it again
+/// after a crash yields the same record, byte for byte, under the same event id.
+pub fn outcome_record(receiver: &str, f: &FinishedDelivery) -> NotificationOutcome {
+    let status = match f.status.as_str() {
+        "delivered" => DeliveryStatus::Delivered,
+        "failed" => DeliveryStatus::Failed,
+        _ => DeliveryStatus::Suppressed,
+    };
+    let at = to_micros(f.finished_at);
+    NotificationOutcome {
+        envelope: Envelope {
+            event_id: Uuid::new_v5(
+                &OUTCOME_NAMESPACE,
+                format!("{}|{}|{}", f.transition_id, receiver, f.status).as_bytes(),
+            )
+            .to_string(),
+            tenant_id: f.tenant_id.clone(),
+            store_id: f.store_id.clone(),
+            occurred_at: at,
+            received_at: at,
+            source: "notifier".into(),
+        },
+        alert_id: f.alert_id.clone(),
+        alert_state: if f.alert_state == "resolved" {
+            NotifiedState::Resolved
+        } else {
+            NotifiedState::Firing
+        },
+        receiver: receiver.to_string(),
+        channel: channel_kind(f.channel.as_deref()),
+        status,
+        attempts: f.attempts,
+        error: f.error.clone(),
+    }
 }
 
 /// Tries one channel up to `max_attempts` times.
@@ -630,6 +637,32 @@ pub fn body(receiver: &str, message_id: Uuid, planned: &Planned) -> serde_json::
 mod tests {
     use super::*;
     use rand::SeedableRng;
+
+    #[test]
+    fn an_outcome_republished_later_is_byte_identical() {
+        let finished = FinishedDelivery {
+            transition_id: "a1:firing".into(),
+            alert_id: "a1".into(),
+            alert_state: "firing".into(),
+            tenant_id: "acme".into(),
+            store_id: "s-1".into(),
+            status: "delivered".into(),
+            channel: Some("slack".into()),
+            attempts: 2,
+            error: None,
+            finished_at: DateTime::from_timestamp_micros(1_800_000_000_123_456).expect("time"),
+        };
+        let codec = storepulse_runtime::AvroCodec::new();
+        let first = outcome_record("ops", &finished);
+        assert_eq!(first.envelope.occurred_at, 1_800_000_000_123_456);
+        assert_eq!(first.envelope.received_at, 1_800_000_000_123_456);
+        assert_eq!(first.channel, Channel::Slack);
+        let bytes = codec.encode(&first).expect("encode");
+        let again = codec
+            .encode(&outcome_record("ops", &finished))
+            .expect("encode");
+        assert_eq!(bytes, again, "a republish is the same record");
+    }
 
     #[test]
     fn backoff_doubles_with_jitter_caps_and_honours_retry_after() {

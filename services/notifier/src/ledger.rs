@@ -96,6 +96,9 @@ pub struct FinishedDelivery {
     pub channel: Option<String>,
     pub attempts: i32,
     pub error: Option<String>,
+    /// When the ledger recorded the outcome: the outcome record's time, so a
+    /// republish after a crash is the same record.
+    pub finished_at: DateTime<Utc>,
 }
 
 /// Final outcome of a message.
@@ -316,6 +319,7 @@ impl Ledger {
                 channel: r.get(6),
                 attempts: r.get(7),
                 error: r.get(8),
+                finished_at: r.get(9),
             })
             .collect())
     }
