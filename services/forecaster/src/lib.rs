@@ -4,6 +4,8 @@
 //! (`/metrics`, `/healthz`, `/readyz`) and graceful shutdown, via
 //! [`storepulse_runtime::service_shell`]. It consumes and produces nothing yet.
 
+pub mod methods;
+
 use storepulse_runtime::config::{ConfigError, ConfigSource};
 use storepulse_runtime::service_shell::{ShellConfig, run_shell};
 use tokio::net::TcpListener;
