@@ -260,8 +260,67 @@ enum Command {
     },
     /// Run one service in this process (same as its own binary).
     Run { service: Service },
+    /// Store calendars (time zone, opening hours, holidays) that rules scoped to
+    /// open hours use. Reads the calendar file given by --calendar, else
+    /// rules.calendar_file.
+    Stores {
+        #[command(subcommand)]
+        action: StoresAction,
+        /// The calendar file.
+        #[arg(long, global = true)]
+        calendar: Option<PathBuf>,
+    },
+    /// Rule tools.
+    Rules {
+        #[command(subcommand)]
+        action: RulesAction,
+    },
     /// Install the nisshi broker used by the local stack and tests, if missing.
     InstallBroker,
+}
+
+#[derive(Debug, Subcommand)]
+enum StoresAction {
+    /// Check the calendar file; exit 1 (with the section and field at fault) if it
+    /// is invalid.
+    Check,
+    /// List the stores with a section of their own: zone, and open or closed now.
+    List,
+    /// Show one store's calendar (its own section over its tenant's and the
+    /// defaults): zone, weekly hours, holidays, whether it is open at --at (default
+    /// now) and when that changes next.
+    Show {
+        /// The store, as tenant/store.
+        store: String,
+        /// An instant (RFC 3339, e.g. 2026-12-24T17:30:00Z); default now.
+        #[arg(long)]
+        at: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RulesAction {
+    /// Replay the store topics through a rule file with the live service's own
+    /// evaluation code and print what it would have fired: counts per rule and per
+    /// store, and every incident with its times. Reads the topics only (no
+    /// consumer group, nothing written). Lateness and idle timeout come from
+    /// [rules] in the config, as for the service.
+    Backtest {
+        /// The rule file to try.
+        #[arg(long)]
+        rules: PathBuf,
+        /// How far back to replay (by broker timestamps), e.g. 7d, 12h.
+        #[arg(long, default_value = "7d")]
+        since: String,
+        /// Store calendar file (else rules.calendar_file).
+        #[arg(long)]
+        calendar: Option<PathBuf>,
+    },
+    /// Check a rule file and print its rules per tenant; exit 1 if it is invalid.
+    Check {
+        #[arg(long)]
+        rules: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -834,6 +893,75 @@ async fn main() -> anyhow::Result<()> {
                 let c = storepulse_notifier::config(&src)?;
                 let log = c.log.clone();
                 shutdown::run_until_signalled(c, &log, storepulse_notifier::run).await
+            }
+        },
+        Command::Stores { action, calendar } => {
+            let mut settings: storepulse_rules::RulesSettings = src.section("rules")?;
+            if let Some(c) = calendar {
+                settings.calendar_file = c.display().to_string();
+            }
+            anyhow::ensure!(
+                !settings.calendar_file.is_empty(),
+                "no calendar file: give --calendar FILE or set rules.calendar_file"
+            );
+            let cal = storepulse_rules::load_calendar(&settings)?;
+            let now = Utc::now().timestamp_micros();
+            match action {
+                StoresAction::Check => println!(
+                    "{}: valid ({} stores with their own section)",
+                    settings.calendar_file,
+                    cal.stores().len()
+                ),
+                StoresAction::List => print!("{}", cal.render_list(now)),
+                StoresAction::Show { store, at } => {
+                    let (tenant, store) = store
+                        .split_once('/')
+                        .context("name the store as tenant/store")?;
+                    let at = match at {
+                        Some(text) => chrono::DateTime::parse_from_rfc3339(&text)
+                            .with_context(|| format!("--at {text:?} is not an RFC 3339 instant"))?
+                            .timestamp_micros(),
+                        None => now,
+                    };
+                    let store = storepulse_rules::observation::StoreRef {
+                        tenant: tenant.into(),
+                        store: store.into(),
+                    };
+                    print!("{}", cal.render_store(&store, at));
+                }
+            }
+            Ok(())
+        }
+        Command::Rules { action } => match action {
+            RulesAction::Backtest {
+                rules,
+                since,
+                calendar,
+            } => {
+                let k: KafkaConfig = src.section("kafka")?;
+                let mut settings: storepulse_rules::RulesSettings = src.section("rules")?;
+                settings.rules_file = rules.display().to_string();
+                if let Some(c) = calendar {
+                    settings.calendar_file = c.display().to_string();
+                }
+                let set = std::sync::Arc::new(storepulse_rules::load_rules(&settings)?);
+                let cal = std::sync::Arc::new(storepulse_rules::load_calendar(&settings)?);
+                let since = storepulse_rules::backtest::since_ms(&since)
+                    .map_err(|e| anyhow::anyhow!("--since: {e}"))?;
+                let time = settings.time();
+                eprintln!("replaying the store topics from {since} ms (broker time) ...");
+                let report = tokio::task::spawn_blocking(move || {
+                    storepulse_rules::backtest::run(&k, set, cal, time, Some(since))
+                })
+                .await??;
+                print!("{}", report.render());
+                Ok(())
+            }
+            RulesAction::Check { rules } => {
+                let set = storepulse_rules::rule_file::RuleSet::load(&rules)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", rules.display()))?;
+                println!("{}: {} rules", rules.display(), set.count());
+                Ok(())
             }
         },
         Command::InstallBroker => {

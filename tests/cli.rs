@@ -137,3 +137,49 @@ fn the_example_config_is_valid_and_matches_the_defaults() {
     assert_eq!(notifier.policy_file, defaults.policy_file);
     assert_eq!(notifier.batch_max_wait_ms, defaults.batch_max_wait_ms);
 }
+
+/// `storepulse stores` shows a store's calendar; `storepulse rules check` names the
+/// rule and field of an invalid rule file.
+#[test]
+fn store_calendars_and_rule_files_are_checked_from_the_cli() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let calendar = format!("{root}/config/stores.example.toml");
+    let out = storepulse(&["stores", "check", "--calendar", &calendar]);
+    assert!(out.status.success(), "{out:?}");
+    // Saturday lunch break in Lisbon.
+    let out = storepulse(&[
+        "stores",
+        "show",
+        "acme/store-017",
+        "--at",
+        "2026-11-28T13:30:00Z",
+        "--calendar",
+        &calendar,
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(text.contains("Europe/Lisbon"), "{text}");
+    assert!(text.contains("sat 09:00-13:00,14:00-19:00"), "{text}");
+    assert!(
+        text.contains("at 2026-11-28 13:30 UTC: closed; opens 2026-11-28 14:00 UTC"),
+        "{text}"
+    );
+    let out = storepulse(&[
+        "rules",
+        "check",
+        "--rules",
+        &format!("{root}/config/rules.example.toml"),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let dir = tempfile::tempdir().expect("dir");
+    let bad = dir.path().join("rules.toml");
+    std::fs::write(
+        &bad,
+        "[[rules]]\nname = \"warm\"\nkind = \"threshold\"\nmatch = { source = \"sensor\" }\nabove = 5\nclear = 9\n",
+    )
+    .expect("write");
+    let out = storepulse(&["rules", "check", "--rules", &bad.display().to_string()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("rule \"warm\": field `clear`"), "{err}");
+}

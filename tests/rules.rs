@@ -585,3 +585,264 @@ async fn a_restored_outbox_publishes_only_what_is_not_on_the_topic_yet() {
         "the outbox is empty once everything is on the topic"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backtest_decides_exactly_what_the_live_service_did() {
+    let stack = TestStack::start("rules-backtest").await;
+    let t0 = hour_ago_base();
+    let (recs, expected) = every_kind(t0);
+    send_all(&producer(&stack), &recs).await;
+    let file = rule_file(&stack, KINDS);
+    let s = settings(&stack, &file, "rules");
+    let time = s.time();
+    let shutdown = CancellationToken::new();
+    let (_url, handle) = start_rules(&stack, s, &shutdown).await;
+    let live = settle(&stack, expected.len(), shutdown.clone(), vec![handle]).await;
+    assert_eq!(seen(&live, t0), expected);
+
+    let kafka = stack.kafka.clone();
+    let rules =
+        std::sync::Arc::new(storepulse_rules::rule_file::RuleSet::load(&file).expect("rules"));
+    let backtest = tokio::task::spawn_blocking(move || {
+        storepulse_rules::backtest::run(
+            &kafka,
+            rules,
+            std::sync::Arc::new(storepulse_rules::calendar::Calendar::always_open()),
+            time,
+            None,
+        )
+    })
+    .await
+    .expect("join")
+    .expect("backtest");
+    // Every field but the emission time (received_at).
+    let key = |a: &storepulse_runtime::records::AlertTransition| {
+        let mut a = a.clone();
+        a.envelope.received_at = 0;
+        let mut labels: Vec<(String, String)> = a.labels.drain().collect();
+        labels.sort();
+        (a.envelope.event_id.clone(), format!("{a:?}"), labels)
+    };
+    let mut from_live: Vec<_> = live.iter().map(key).collect();
+    let mut from_backtest: Vec<_> = backtest
+        .transitions
+        .iter()
+        .map(|t| key(&t.to_record(0)))
+        .collect();
+    from_live.sort();
+    from_backtest.sort();
+    assert_eq!(from_backtest, from_live);
+    let report = backtest.render();
+    assert!(report.contains("8 alerts fired, 8 resolved"), "{report}");
+    assert!(report.contains("freezer-warm"), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rule_file_reloads_live_keeping_state_and_refusing_invalid_versions() {
+    let stack = TestStack::start("rules-reload").await;
+    let t0 = hour_ago_base();
+    let file = rule_file(&stack, KINDS);
+    let shutdown = CancellationToken::new();
+    let (url, handle) = start_rules(&stack, settings(&stack, &file, "rules"), &shutdown).await;
+    let p = producer(&stack);
+    // Beyond the threshold from 6m; the service has seen it up to 9m.
+    let first: Vec<Rec> = (0..=9)
+        .map(|m| {
+            temp(
+                "thr-h",
+                "freezer-1",
+                t0 + m * M,
+                if m >= 6 { -14.9 } else { -18.0 },
+            )
+        })
+        .collect();
+    send_all(&p, &first).await;
+    let loaded = |n: f64| {
+        let url = url.clone();
+        async move {
+            metric(&url, "storepulse_rules_rules_loaded", "")
+                .await
+                .filter(|v| *v == n)
+        }
+    };
+    eventually("the rules in force", Duration::from_secs(60), || {
+        loaded(7.0)
+    })
+    .await;
+    // An invalid version is refused; the rules in force stay.
+    std::fs::write(&file, KINDS.replace("above = -15", "above = \"warm\"")).expect("write");
+    eventually(
+        "the invalid version refused",
+        Duration::from_secs(60),
+        || {
+            let url = url.clone();
+            async move {
+                metric(
+                    &url,
+                    "storepulse_rules_reloads_total",
+                    "outcome=\"invalid\"",
+                )
+                .await
+                .filter(|v| *v >= 1.0)
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        metric(&url, "storepulse_rules_rules_loaded", "").await,
+        Some(7.0)
+    );
+    // A valid one: `for` shortened to 5 minutes, and one more rule.
+    let changed = KINDS.replace("for = \"10m\"", "for = \"5m\"")
+        + "\n[[rules]]\nname = \"extra\"\nkind = \"absence\"\nmatch = { source = \"heartbeat\", stores = [\"none\"] }\ntimeout = \"1h\"\n";
+    std::fs::write(&file, changed).expect("write");
+    eventually("the new version in force", Duration::from_secs(60), || {
+        loaded(8.0)
+    })
+    .await;
+    let second: Vec<Rec> = (10..=23)
+        .map(|m| {
+            temp(
+                "thr-h",
+                "freezer-1",
+                t0 + m * M,
+                if m <= 15 { -14.9 } else { -18.0 },
+            )
+        })
+        .collect();
+    send_all(&p, &second).await;
+    let got = settle(&stack, 2, shutdown.clone(), vec![handle]).await;
+    // The breach that began before the reload fires 5 minutes after it began.
+    assert_eq!(
+        seen(&got, t0),
+        vec![
+            fire("thr-h", "freezer-warm", "freezer-1", 6 * M, 11 * M, -14.9),
+            resolve(
+                "thr-h",
+                "freezer-warm",
+                "freezer-1",
+                6 * M,
+                16 * M,
+                21 * M,
+                -18.0
+            ),
+        ]
+    );
+}
+
+const OPEN_HOURS: &str = r#"
+[[rules]]
+name = "pos-offline"
+kind = "absence"
+match = { source = "heartbeat", stores = ["cal-*"] }
+timeout = "5m"
+
+[[rules]]
+name = "pos-offline-open"
+kind = "absence"
+match = { source = "heartbeat", stores = ["cal-*"] }
+timeout = "5m"
+during = "open_hours"
+
+[[rules]]
+name = "freezer-warm-open"
+kind = "threshold"
+match = { source = "sensor", kind = "temperature", stores = ["cal-*"] }
+above = -15
+for = "2m"
+during = "open_hours"
+"#;
+
+/// A calendar in Asia/Kolkata (UTC+05:30) under which the store is closed from
+/// `t0` + 10m to `t0` + 30m and open otherwise, every day.
+fn closed_from_10_to_30_minutes(t0: i64) -> String {
+    let hour = (t0.div_euclid(H)).rem_euclid(24);
+    // t0 is local x:30; closed x:40 .. (x+1):00.
+    let x = (hour * 60 + 330).div_euclid(60) % 24;
+    let hours = if x == 23 {
+        "00:00-23:40".to_string()
+    } else {
+        format!("00:00-{x:02}:40, {:02}:00-24:00", x + 1)
+    };
+    let days = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+        .map(|d| format!("{d} = \"{hours}\""))
+        .join(", ");
+    format!("[defaults]\ntime_zone = \"Asia/Kolkata\"\nhours = {{ {days} }}\n")
+}
+
+/// The store calendar decides whether silence is suspicious: an open-hours absence
+/// counts only open time (a terminal silent over the closed hours does not fire,
+/// one silent since before closing fires after `timeout` of open time), and an
+/// open-hours threshold ignores readings while the store is closed. The same
+/// sequence under the always-on rule fires as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_calendar_decides_whether_silence_is_suspicious() {
+    let stack = TestStack::start("rules-calendar").await;
+    let t0 = hour_ago_base();
+    let mut recs = Vec::new();
+    for half in 0..=80 {
+        let t = t0 + half * 30 * S;
+        let m = half as f64 / 2.0;
+        if m <= 8.0 || m >= 32.0 {
+            recs.push(beat("cal-1", "pos-1", t));
+        }
+        if m <= 2.0 || m >= 9.0 {
+            recs.push(beat("cal-1", "pos-2", t));
+        }
+        if m <= 25.0 {
+            recs.push(beat("cal-1", "pos-3", t));
+        }
+        recs.push(beat("cal-1", "pos-4", t));
+    }
+    for m in 0..=40 {
+        let warm = (12..=20).contains(&m) || m >= 34;
+        recs.push(temp(
+            "cal-1",
+            "freezer-1",
+            t0 + m * M,
+            if warm { -10.0 } else { -18.0 },
+        ));
+    }
+    send_all(&producer(&stack), &recs).await;
+    let file = rule_file(&stack, OPEN_HOURS);
+    let calendar = stack.dir.path().join("stores.toml");
+    std::fs::write(&calendar, closed_from_10_to_30_minutes(t0)).expect("write calendar");
+    let mut s = settings(&stack, &file, "rules");
+    s.calendar_file = calendar.display().to_string();
+    let mut expected = vec![
+        // Always on: every silence of 5 minutes.
+        fire("cal-1", "pos-offline", "pos-1", 8 * M, 13 * M, 5.0),
+        resolve("cal-1", "pos-offline", "pos-1", 8 * M, 32 * M, 32 * M, 0.0),
+        fire("cal-1", "pos-offline", "pos-2", 2 * M, 7 * M, 5.0),
+        resolve("cal-1", "pos-offline", "pos-2", 2 * M, 9 * M, 9 * M, 0.0),
+        fire("cal-1", "pos-offline", "pos-3", 25 * M, 30 * M, 5.0),
+        // Open hours: pos-1 was silent 2 open minutes before closing and 2 after
+        // opening (no alert); pos-2 in open hours as above; pos-3 fell silent
+        // while closed: 5 open minutes after opening.
+        fire("cal-1", "pos-offline-open", "pos-2", 2 * M, 7 * M, 5.0),
+        resolve(
+            "cal-1",
+            "pos-offline-open",
+            "pos-2",
+            2 * M,
+            9 * M,
+            9 * M,
+            0.0,
+        ),
+        fire("cal-1", "pos-offline-open", "pos-3", 25 * M, 35 * M, 10.0),
+        // Warm while closed: ignored; warm from 34m while open: fires 2m later.
+        fire(
+            "cal-1",
+            "freezer-warm-open",
+            "freezer-1",
+            34 * M,
+            36 * M,
+            -10.0,
+        ),
+    ];
+    sort(&mut expected);
+    let shutdown = CancellationToken::new();
+    let (_url, handle) = start_rules(&stack, s, &shutdown).await;
+    let got = settle(&stack, expected.len(), shutdown.clone(), vec![handle]).await;
+    assert_eq!(seen(&got, t0), expected);
+}

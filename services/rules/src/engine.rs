@@ -27,6 +27,9 @@
 //!   offsets it reflects, and restored, it continues exactly.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+
+/// The engine's maps: keys are our own ids, so a fast hasher is safe enough.
+pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -215,7 +218,7 @@ pub struct StoreState {
     pub store: StoreRef,
     pub streams: [Stream; 5],
     /// Entities by source, then id.
-    pub entities: [HashMap<String, EntityState>; 5],
+    pub entities: [FastMap<String, EntityState>; 5],
     /// Rules about the store as a whole (per-store absence, sales anomaly).
     pub store_cells: Vec<Cell>,
     pub doors: DoorLog,
@@ -224,6 +227,9 @@ pub struct StoreState {
     /// Earliest deadline of the entity cells per source; `None`: unknown, scan.
     #[serde(skip)]
     next_due: [Option<i64>; 5],
+    /// Changed since last saved (listed in [`PartitionState::dirty`]).
+    #[serde(skip)]
+    dirty: bool,
 }
 
 impl StoreState {
@@ -236,6 +242,7 @@ impl StoreState {
             doors: DoorLog::default(),
             forecasts: BTreeMap::new(),
             next_due: [None; 5],
+            dirty: false,
         }
     }
 
@@ -255,7 +262,7 @@ pub struct PartitionState {
     /// Arrival frontier per source.
     pub arrival: [i64; 5],
     #[serde(skip)]
-    pub stores: HashMap<StoreRef, StoreState>,
+    pub stores: FastMap<StoreRef, StoreState>,
     /// Stores changed since [`Engine::take_dirty`].
     #[serde(skip)]
     pub dirty: BTreeSet<StoreRef>,
@@ -265,7 +272,7 @@ impl Default for PartitionState {
     fn default() -> Self {
         Self {
             arrival: [i64::MIN; 5],
-            stores: HashMap::new(),
+            stores: FastMap::default(),
             dirty: BTreeSet::new(),
         }
     }
@@ -345,7 +352,11 @@ impl Engine {
     /// Marks `partition`'s stores as saved.
     pub fn clear_dirty(&mut self, partition: i32) {
         if let Some(p) = self.partitions.get_mut(&partition) {
-            p.dirty.clear();
+            for k in std::mem::take(&mut p.dirty) {
+                if let Some(s) = p.stores.get_mut(&k) {
+                    s.dirty = false;
+                }
+            }
         }
     }
 
@@ -366,7 +377,8 @@ impl Engine {
     /// One input record of `partition`, read at wall-clock `now` (µs).
     pub fn observe(&mut self, partition: i32, input: Input, now: i64, out: &mut Output) {
         let Input { store, observation } = input;
-        let src = observation.source.index();
+        let observation_source = observation.source;
+        let src = observation_source.index();
         let p = self.partitions.entry(partition).or_default();
         p.arrival[src] = p.arrival[src].max(observation.received.min(now));
         let arrival = p.arrival;
@@ -396,7 +408,8 @@ impl Engine {
             stream.buffer.partition_point(|o| o.at <= at)
         };
         stream.buffer.insert(pos, observation);
-        if !p.dirty.contains(&store) {
+        if !state.dirty {
+            state.dirty = true;
             p.dirty.insert(store.clone());
         }
         let tenant_rules = self.rules.for_tenant(&store.tenant);
@@ -404,7 +417,14 @@ impl Engine {
             time: self.time,
             calendar: &self.calendar,
         };
-        advance_store(state, &arrival, tenant_rules, &cx, partition, out);
+        // Only this source's time can have moved (and the store-wide silence).
+        let s = &mut state.streams[src];
+        s.watermark = s
+            .watermark
+            .max(s.max_seen.saturating_sub(self.time.allowed_lateness))
+            .max(arrival[src].saturating_sub(self.time.idle_timeout));
+        advance_stream(state, observation_source, tenant_rules, &cx, partition, out);
+        advance_store_silence(state, tenant_rules, &cx, partition, out);
     }
 
     /// Moves time on in `partition`: the idle `sources` (their partition delivered
@@ -433,7 +453,8 @@ impl Engine {
                 partition,
                 out,
             );
-            if (changed || out.transitions.len() > before) && !p.dirty.contains(key) {
+            if (changed || out.transitions.len() > before) && !state.dirty {
+                state.dirty = true;
                 p.dirty.insert(key.clone());
             }
         }
@@ -501,6 +522,7 @@ impl Engine {
                 });
                 state.next_due = [None; 5];
                 if changed {
+                    state.dirty = true;
                     p.dirty.insert(key.clone());
                 }
             }
@@ -666,6 +688,10 @@ fn fire_due(
             state.next_due[i] = Some(next.unwrap_or(i64::MAX));
         }
         for (ci, c) in state.store_cells.iter().enumerate() {
+            // Store-wide silence is integrated apart (advance_store_silence).
+            if matches!(c.state, CellState::StoreSilence { .. }) {
+                continue;
+            }
             let Some(rule) = rules.by_name.get(&c.rule) else {
                 continue;
             };
@@ -835,10 +861,14 @@ fn advance_store_silence(
         return false;
     }
     let bound = state.min_watermark();
-    let store = state.store.clone();
+    let store = &state.store;
     let mut changed = false;
     for c in state.store_cells.iter_mut() {
-        let Some(rule) = rules.by_name.get(&c.rule) else {
+        if !matches!(c.state, CellState::StoreSilence { .. }) {
+            continue;
+        }
+        // Few store-wide rules: a scan beats hashing the name per observation.
+        let Some(rule) = rules.any_source.iter().find(|r| r.name == c.rule) else {
             continue;
         };
         let (CellState::StoreSilence { absence, pending }, Spec::Absence { timeout, .. }) =
@@ -848,7 +878,7 @@ fn advance_store_silence(
         };
         let deadline_of = |t: i64| {
             if rule.during == During::OpenHours {
-                cx.calendar.add_open_time(&store, t, *timeout)
+                cx.calendar.add_open_time(store, t, *timeout)
             } else {
                 t.saturating_add(*timeout)
             }
@@ -867,7 +897,7 @@ fn advance_store_silence(
             {
                 changed = true;
                 out.transitions
-                    .push((partition, transition(rule, &store, "", &[], step, false)));
+                    .push((partition, transition(rule, store, "", &[], step, false)));
             }
             if t == i64::MAX {
                 break;
@@ -875,7 +905,7 @@ fn advance_store_silence(
             changed = true;
             if let Some(step) = absence.observe(t) {
                 out.transitions
-                    .push((partition, transition(rule, &store, "", &[], step, false)));
+                    .push((partition, transition(rule, store, "", &[], step, false)));
             }
         }
     }
@@ -893,7 +923,7 @@ fn apply(
 ) {
     let src = o.source;
     let i = src.index();
-    let store = state.store.clone();
+    let store = &state.store;
     // Context every rule of the store may read.
     match &o.detail {
         Detail::Sensor {
@@ -905,123 +935,133 @@ fn apply(
         }
         _ => {}
     }
-    for c in state.store_cells.iter_mut() {
-        if let CellState::StoreSilence { pending, .. } = &mut c.state {
-            // Kept sorted; observations mostly arrive in order.
-            let pos = if pending.last().is_none_or(|t| *t <= o.at) {
-                pending.len()
-            } else {
-                pending.partition_point(|t| *t <= o.at)
-            };
-            pending.insert(pos, o.at);
-        }
-    }
+    // Store-wide silence: every observation counts.
     for rule in &rules.any_source {
-        if !rule.matcher.matches_store(&store.store)
-            || state.store_cells.iter().any(|c| c.rule == rule.name)
-        {
+        let Spec::Absence { timeout, .. } = rule.spec else {
+            continue;
+        };
+        if !rule.matcher.matches_store(&store.store) {
             continue;
         }
-        state.store_cells.push(Cell {
-            rule: rule.name.clone(),
-            state: CellState::StoreSilence {
-                absence: AbsenceState::new(o.at),
-                pending: Vec::new(),
-            },
-        });
+        match state.store_cells.iter_mut().find(|c| c.rule == rule.name) {
+            Some(Cell {
+                state: CellState::StoreSilence { pending, .. },
+                ..
+            }) => push_silence(pending, o.at, timeout),
+            Some(_) => {}
+            None => state.store_cells.push(Cell {
+                rule: rule.name.clone(),
+                state: CellState::StoreSilence {
+                    absence: AbsenceState::new(o.at),
+                    pending: Vec::new(),
+                },
+            }),
+        }
     }
     let open = std::cell::OnceCell::new();
+    // Open-hours scoping: an absence rule always hears its entity (the calendar moves
+    // its deadline); other rules ignore what happens while closed.
+    let counts = |rule: &Rule| {
+        rule.during == During::Always
+            || matches!(rule.spec, Spec::Absence { .. })
+            || *open.get_or_init(|| cx.calendar.is_open(store, o.at))
+    };
+    let mut entity_rules = false;
     for rule in &rules.by_source[i] {
         if !rule.matcher.matches_store(&store.store) || !rule.matcher.matches(&o) {
             continue;
         }
-        let is_open = || *open.get_or_init(|| cx.calendar.is_open(&store, o.at));
-        // Open-hours scoping: an absence rule always hears its entity (the calendar
-        // moves its deadline); other rules ignore what happens while closed.
-        let counts =
-            rule.during == During::Always || matches!(rule.spec, Spec::Absence { .. }) || is_open();
-        if let Spec::Absence {
-            per_store: true, ..
-        } = rule.spec
-        {
-            let step = match state.store_cells.iter_mut().find(|c| c.rule == rule.name) {
-                Some(Cell {
-                    state: CellState::Absence(a),
-                    ..
-                }) => a.observe(o.at),
-                Some(_) => None,
-                None => {
-                    state.store_cells.push(Cell {
-                        rule: rule.name.clone(),
-                        state: CellState::Absence(AbsenceState::new(o.at)),
-                    });
-                    None
+        match &rule.spec {
+            Spec::Absence {
+                per_store: true, ..
+            } => {
+                let step = match state.store_cells.iter_mut().find(|c| c.rule == rule.name) {
+                    Some(Cell {
+                        state: CellState::Absence(a),
+                        ..
+                    }) => a.observe(o.at),
+                    Some(_) => None,
+                    None => {
+                        state.store_cells.push(Cell {
+                            rule: rule.name.clone(),
+                            state: CellState::Absence(AbsenceState::new(o.at)),
+                        });
+                        None
+                    }
+                };
+                if let Some(step) = step {
+                    out.transitions
+                        .push((partition, transition(rule, store, "", &[], step, false)));
                 }
-            };
-            if let Some(step) = step {
-                out.transitions
-                    .push((partition, transition(rule, &store, "", &[], step, false)));
             }
-            continue;
-        }
-        if let Spec::SalesAnomaly(spec) = &rule.spec {
-            let amount = match (spec.measure, &o.detail) {
-                (SalesMeasure::Units, _) => o.value,
-                (SalesMeasure::Revenue, Detail::Sale { revenue_minor }) => *revenue_minor as f64,
-                _ => 0.0,
-            };
-            match state.store_cells.iter_mut().find(|c| c.rule == rule.name) {
-                Some(Cell {
-                    state: CellState::Sales(s),
-                    ..
-                }) => s.add(amount),
-                Some(_) => {}
-                None => {
-                    let mut s = SalesState::new(o.at);
-                    s.add(amount);
-                    state.store_cells.push(Cell {
-                        rule: rule.name.clone(),
+            Spec::SalesAnomaly(spec) => {
+                let amount = match (spec.measure, &o.detail) {
+                    (SalesMeasure::Units, _) => o.value,
+                    (SalesMeasure::Revenue, Detail::Sale { revenue_minor }) => {
+                        *revenue_minor as f64
+                    }
+                    _ => 0.0,
+                };
+                match state.store_cells.iter_mut().find(|c| c.rule == rule.name) {
+                    Some(Cell {
                         state: CellState::Sales(s),
-                    });
+                        ..
+                    }) => s.add(amount),
+                    Some(_) => {}
+                    None => {
+                        let mut s = SalesState::new(o.at);
+                        s.add(amount);
+                        state.store_cells.push(Cell {
+                            rule: rule.name.clone(),
+                            state: CellState::Sales(s),
+                        });
+                    }
                 }
             }
+            _ => entity_rules |= counts(rule),
+        }
+    }
+    if !entity_rules {
+        return;
+    }
+    // The entity, looked up once (created on its first observation).
+    let map = &mut state.entities[i];
+    if !map.contains_key(&o.entity) {
+        map.insert(o.entity.clone(), EntityState::default());
+    }
+    let Some(e) = map.get_mut(&o.entity) else {
+        return;
+    };
+    if let Detail::Sensor { kind, appliance } = &o.detail {
+        refresh_labels(e, *kind, appliance.as_deref());
+    }
+    for rule in &rules.by_source[i] {
+        if matches!(
+            rule.spec,
+            Spec::Absence {
+                per_store: true,
+                ..
+            } | Spec::SalesAnomaly(_)
+        ) || !rule.matcher.matches_store(&store.store)
+            || !rule.matcher.matches(&o)
+            || !counts(rule)
+        {
             continue;
         }
-        if !counts {
-            continue;
-        }
-        let entity = match state.entities[i].get_mut(&o.entity) {
-            Some(e) => e,
-            None => state.entities[i].entry(o.entity.clone()).or_default(),
-        };
-        if let Detail::Sensor { kind, appliance } = &o.detail {
-            let kind = crate::observation::sensor_kind_name(*kind);
-            let fresh = entity.labels.is_empty()
-                || entity.labels.iter().any(|(k, v)| {
-                    (k == "kind" && v != kind)
-                        || (k == "appliance" && Some(v) != appliance.as_ref())
-                });
-            if fresh {
-                entity.labels = vec![("kind".to_string(), kind.to_string())];
-                if let Some(a) = appliance {
-                    entity.labels.push(("appliance".to_string(), a.clone()));
-                }
-            }
-        }
-        let idx = match entity.cells.iter().position(|c| c.rule == rule.name) {
+        let idx = match e.cells.iter().position(|c| c.rule == rule.name) {
             Some(idx) => idx,
             None => {
                 let Some(fresh) = new_cell(rule, &o) else {
                     continue;
                 };
-                entity.cells.push(Cell {
+                e.cells.push(Cell {
                     rule: rule.name.clone(),
                     state: fresh,
                 });
-                entity.cells.len() - 1
+                e.cells.len() - 1
             }
         };
-        let cell = &mut entity.cells[idx];
+        let cell = &mut e.cells[idx];
         let step = match (&mut cell.state, &rule.spec) {
             (CellState::Threshold(h), Spec::Threshold(spec)) => h.observe(spec, o.at, o.value),
             (CellState::Absence(a), Spec::Absence { .. }) => a.observe(o.at),
@@ -1059,6 +1099,9 @@ fn apply(
             (CellState::Cold(c), Spec::ColdChain(spec)) => {
                 let doors = &state.doors;
                 c.observe(spec, o.at, o.value, |a, b| {
+                    if doors.open.is_empty() && doors.intervals.is_empty() {
+                        return 0;
+                    }
                     doors.masked(a, b, spec.door_grace, |d| {
                         spec.doors.is_empty() || spec.doors.iter().any(|p| p.matches(d))
                     })
@@ -1066,23 +1109,50 @@ fn apply(
             }
             _ => None,
         };
-        if let Some(step) = step {
-            let labels = state.entities[i]
-                .get(&o.entity)
-                .map(|e| e.labels.clone())
-                .unwrap_or_default();
-            out.transitions.push((
-                partition,
-                transition(rule, &store, &o.entity, &labels, step, false),
-            ));
-        }
         // The cell's deadline may now be earlier than the cached one.
-        if let Some(e) = state.entities[i].get(&o.entity)
-            && let Some(c) = e.cells.iter().find(|c| c.rule == rule.name)
-            && let Some(d) = deadline(&c.state, rule, &store, cx)
-        {
+        if let Some(d) = deadline(&cell.state, rule, store, cx) {
             let n = &mut state.next_due[i];
             *n = Some(n.map_or(d, |x| x.min(d)));
+        }
+        if let Some(step) = step {
+            out.transitions.push((
+                partition,
+                transition(rule, store, &o.entity, &e.labels, step, false),
+            ));
+        }
+    }
+}
+
+/// Records an observation time for a store-wide silence rule. Kept sorted
+/// (observations mostly arrive in order), and thinned: a time whose neighbours are
+/// less than `timeout` apart can never start or end a silence, so it is dropped.
+fn push_silence(pending: &mut Vec<i64>, t: i64, timeout: i64) {
+    if pending.last().is_none_or(|last| *last <= t) {
+        let n = pending.len();
+        if n >= 2 && t - pending[n - 2] < timeout {
+            pending[n - 1] = t;
+        } else {
+            pending.push(t);
+        }
+    } else {
+        let pos = pending.partition_point(|x| *x <= t);
+        pending.insert(pos, t);
+    }
+}
+
+/// Keeps an entity's labels (`kind`, `appliance`) as its latest reading says.
+fn refresh_labels(e: &mut EntityState, kind: SensorKind, appliance: Option<&str>) {
+    let kind = crate::observation::sensor_kind_name(kind);
+    let same = e
+        .labels
+        .first()
+        .is_some_and(|(k, v)| k == "kind" && v == kind)
+        && e.labels.get(1).map(|(_, v)| v.as_str()) == appliance
+        && e.labels.len() == 1 + usize::from(appliance.is_some());
+    if !same {
+        e.labels = vec![("kind".to_string(), kind.to_string())];
+        if let Some(a) = appliance {
+            e.labels.push(("appliance".to_string(), a.to_string()));
         }
     }
 }

@@ -433,3 +433,88 @@ fn each_store_has_its_own_time() {
     assert_eq!(out.late, [0; 5]);
     assert_eq!(summary(&out).len(), 1, "{:?}", summary(&out));
 }
+
+#[test]
+fn open_hours_rules_count_only_open_time() {
+    let rules = r#"
+[[rules]]
+name = "pos-offline"
+kind = "absence"
+match = { source = "heartbeat" }
+timeout = "30m"
+during = "open_hours"
+
+[[rules]]
+name = "freezer-warm"
+kind = "threshold"
+match = { source = "sensor", kind = "temperature" }
+above = -15
+during = "open_hours"
+"#;
+    let every_day = "\"08:00-20:00\"";
+    let calendar = Calendar::parse(&format!(
+        "[defaults]\ntime_zone = \"UTC\"\nhours = {{ mon = {every_day}, tue = {every_day}, wed = {every_day}, thu = {every_day}, fri = {every_day}, sat = {every_day}, sun = {every_day} }}\n"
+    ))
+    .expect("calendar");
+    let mut e = Engine::new(
+        Arc::new(RuleSet::parse(rules).expect("rules")),
+        Arc::new(calendar),
+        TimeSettings {
+            allowed_lateness: 0,
+            idle_timeout: 60 * M,
+        },
+    );
+    // T0 is 10:00Z. pos-1 beats until 19:50, then at 08:10 the next day (20 open
+    // minutes of silence: no alert). pos-2 stops at 19:50 and comes back at 09:00:
+    // 30 open minutes are up at 08:20. pos-3 keeps time moving all night.
+    let day = 24 * 60 * M;
+    let mut inputs = Vec::new();
+    for m in (0..=(9 * 60 + 50)).step_by(10) {
+        inputs.push(beat("s1", "pos-1", T0 + m * M));
+        inputs.push(beat("s1", "pos-2", T0 + m * M));
+    }
+    for m in (0..=(23 * 60)).step_by(10) {
+        inputs.push(beat("s1", "pos-3", T0 + m * M));
+    }
+    inputs.push(beat("s1", "pos-1", T0 + day - 110 * M));
+    inputs.push(beat("s1", "pos-2", T0 + day - 60 * M));
+    // A warm reading at night does not count; one in the morning does.
+    inputs.push(temp("s1", "freezer-1", T0 + 12 * 60 * M, -10.0));
+    inputs.push(temp("s1", "freezer-1", T0 + day - 60 * M, -10.0));
+    inputs.sort_by_key(|i| i.observation.at);
+    let out = feed(&mut e, inputs);
+    assert_eq!(
+        summary(&out),
+        vec![
+            (
+                "pos-offline".into(),
+                "pos-2".into(),
+                true,
+                9 * 60 * M + 50 * M,
+                day - 100 * M
+            ),
+            // pos-1 is silent after 08:10: 30 open minutes later.
+            (
+                "pos-offline".into(),
+                "pos-1".into(),
+                true,
+                day - 110 * M,
+                day - 80 * M
+            ),
+            (
+                "pos-offline".into(),
+                "pos-2".into(),
+                false,
+                9 * 60 * M + 50 * M,
+                day - 60 * M
+            ),
+            (
+                "freezer-warm".into(),
+                "freezer-1".into(),
+                true,
+                day - 60 * M,
+                day - 60 * M
+            ),
+        ]
+    );
+}

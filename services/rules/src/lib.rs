@@ -9,6 +9,7 @@
 //! valid new version is put in force without a restart and without losing state,
 //! an invalid one is refused (logged, counted) and the rules in force stay.
 
+pub mod backtest;
 pub mod calendar;
 pub mod checkpoint;
 pub mod engine;

@@ -410,7 +410,7 @@ pub struct TenantRules {
     /// Store-wide absence rules over every source.
     pub any_source: Vec<Arc<Rule>>,
     /// Every rule, by name.
-    pub by_name: HashMap<String, Arc<Rule>>,
+    pub by_name: crate::engine::FastMap<String, Arc<Rule>>,
 }
 
 impl TenantRules {

@@ -1,0 +1,196 @@
+//! Rule evaluation throughput: observations per second through the rules engine
+//! with 1,000 rules in force over 10,000 entities (100 tenants × 10 stores × 10
+//! freezers; each tenant has its own 10 rules, so an event meets its tenant's
+//! rules: threshold with hysteresis, absence, rate of change, cold-chain exposure,
+//! and rules of other kinds and sources it must skip).
+//!
+//! `cargo bench --bench rules`
+//!
+//! - `observe_sensor_readings`: one reading per freezer per minute, in arrival
+//!   order, a minute of lateness allowed (every reading is buffered, then applied
+//!   once its store's time passes it); some freezers warm up and cool down, so
+//!   incidents fire and resolve along the way.
+
+use std::sync::Arc;
+
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use storepulse_rules::calendar::Calendar;
+use storepulse_rules::engine::{Engine, Output, TimeSettings};
+use storepulse_rules::observation::{Detail, Input, Observation, Source, StoreRef};
+use storepulse_rules::rule_file::RuleSet;
+use storepulse_runtime::records::SensorKind;
+
+const TENANTS: usize = 100;
+const STORES: usize = 10;
+const DEVICES: usize = 10;
+const MINUTE: i64 = 60_000_000;
+const T0: i64 = 1_795_428_000_000_000;
+
+/// Ten rules per tenant, 1,000 in all.
+fn rule_file() -> String {
+    let mut f = String::new();
+    for t in 0..TENANTS {
+        let rules = format!(
+            r#"
+[[tenants.t{t}.rules]]
+name = "freezer-warm"
+kind = "threshold"
+match = {{ source = "sensor", kind = "temperature", labels = {{ appliance = "freezer" }} }}
+above = -15
+for = "10m"
+clear = -17
+clear_for = "5m"
+
+[[tenants.t{t}.rules]]
+name = "freezer-critical"
+kind = "threshold"
+match = {{ source = "sensor", kind = "temperature", entities = ["freezer-*"] }}
+above = -5
+for = "2m"
+
+[[tenants.t{t}.rules]]
+name = "sensor-silent"
+kind = "absence"
+match = {{ source = "sensor" }}
+timeout = "15m"
+
+[[tenants.t{t}.rules]]
+name = "freezer-rising"
+kind = "rate_of_change"
+match = {{ source = "sensor", kind = "temperature" }}
+window = "10m"
+rise = 3
+
+[[tenants.t{t}.rules]]
+name = "exposure"
+kind = "cold_chain"
+match = {{ source = "sensor", kind = "temperature", labels = {{ appliance = "freezer" }} }}
+limit = -12
+budget = 60
+
+[[tenants.t{t}.rules]]
+name = "humid"
+kind = "threshold"
+match = {{ source = "sensor", kind = "humidity" }}
+above = 80
+
+[[tenants.t{t}.rules]]
+name = "pos-offline"
+kind = "absence"
+match = {{ source = "heartbeat" }}
+timeout = "2m"
+
+[[tenants.t{t}.rules]]
+name = "store-silent"
+kind = "absence"
+match = {{ source = "any" }}
+per = "store"
+timeout = "10m"
+
+[[tenants.t{t}.rules]]
+name = "low-stock"
+kind = "stock"
+match = {{ source = "inventory" }}
+reorder_point = 5
+
+[[tenants.t{t}.rules]]
+name = "sales-drop"
+kind = "sales_anomaly"
+match = {{ source = "sales" }}
+"#
+        );
+        f.push_str(&rules);
+    }
+    f
+}
+
+/// `minutes` of readings: every freezer once a minute; every 7th freezer warms up
+/// for 20 minutes each hour.
+fn readings(minutes: i64) -> Vec<Input> {
+    let mut out = Vec::with_capacity(minutes as usize * TENANTS * STORES * DEVICES);
+    for m in 0..minutes {
+        for t in 0..TENANTS {
+            for s in 0..STORES {
+                for d in 0..DEVICES {
+                    let warm = (t + s + d) % 7 == 0 && (m % 60) < 20;
+                    let at = T0 + m * MINUTE + ((d * 5) as i64) * 1_000_000;
+                    out.push(Input {
+                        store: StoreRef {
+                            tenant: format!("t{t}"),
+                            store: format!("s{s}"),
+                        },
+                        observation: Observation {
+                            source: Source::Sensor,
+                            at,
+                            received: at + 2_000_000,
+                            entity: format!("freezer-{d}"),
+                            value: if warm { -10.0 } else { -18.0 },
+                            detail: Detail::Sensor {
+                                kind: SensorKind::Temperature,
+                                appliance: Some("freezer".into()),
+                            },
+                        },
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+fn engine(rules: &Arc<RuleSet>) -> Engine {
+    Engine::new(
+        rules.clone(),
+        Arc::new(Calendar::always_open()),
+        TimeSettings {
+            allowed_lateness: MINUTE,
+            idle_timeout: 5 * MINUTE,
+        },
+    )
+}
+
+fn bench(c: &mut Criterion) {
+    let rules = Arc::new(RuleSet::parse(&rule_file()).expect("bench rules are valid"));
+    assert_eq!(rules.count(), 1_000);
+    // Warm state: an hour of readings already applied, so every entity has its
+    // cells; then measure the next 10 minutes.
+    let warmup = readings(60);
+    let mut warm = engine(&rules);
+    let mut out = Output::default();
+    for i in warmup {
+        let now = i.observation.received;
+        warm.observe(0, i, now, &mut out);
+    }
+    let measured: Vec<Input> = readings(70).split_off(60 * TENANTS * STORES * DEVICES);
+    let mut group = c.benchmark_group("rules");
+    group.throughput(Throughput::Elements(measured.len() as u64));
+    group.sample_size(10);
+    group.bench_function("observe_sensor_readings", |b| {
+        b.iter_batched(
+            || {
+                // A fresh copy of the warm engine per batch (its state moves on).
+                let mut e = engine(&rules);
+                for p in warm.partitions().collect::<Vec<_>>() {
+                    if let Some(state) = warm.partition(p) {
+                        e.insert_partition(p, state.clone());
+                    }
+                }
+                (e, measured.clone())
+            },
+            |(mut e, inputs)| {
+                let mut out = Output::default();
+                for i in inputs {
+                    let now = i.observation.received;
+                    e.observe(0, i, now, &mut out);
+                }
+                // Dropped after the measurement.
+                (e, out)
+            },
+            BatchSize::PerIteration,
+        );
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
