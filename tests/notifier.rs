@@ -15,6 +15,7 @@ use storepulse_notifier::{NotifierConfig, NotifierSettings};
 use storepulse_runtime::records::AlertTransition;
 use storepulse_runtime::{AvroCodec, EventProducer, ProducerMetrics};
 use support::recording_http::{Recorded, RecordingServer};
+use support::recording_smtp::RecordingSmtp;
 use support::{TestStack, eventually};
 use tokio_util::sync::CancellationToken;
 
@@ -846,6 +847,285 @@ async fn silences_and_inhibition_hold_until_they_end() {
             "term2:firing"
         ]
     );
+    shutdown.cancel();
+    handle
+        .await
+        .expect("join")
+        .expect("notifier stopped cleanly");
+}
+
+/// A secret written to a file in the test's directory; its path.
+fn secret_file(stack: &TestStack, name: &str, value: &str) -> String {
+    let path = stack.dir.path().join(name);
+    std::fs::write(&path, value).expect("write secret");
+    path.display().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slack_whatsapp_and_email_channels_send_real_requests() {
+    let stack = TestStack::start("notifier_channels").await;
+    let server = RecordingServer::start().await;
+    let smtp = RecordingSmtp::start().await;
+    server.answer_body("/api/chat.postMessage", r#"{"ok":true,"ts":"1.2"}"#);
+    // The fallback receiver's WhatsApp number is refused for good (400: no retry).
+    server.always("/v21.0/999/messages", 400);
+    // The relay defers the first try (451): retried, then accepted.
+    smtp.script_mail_from("alerts@storepulse.test", &["451 4.3.0 try again later"]);
+    let policy = write_policy(
+        stack.dir.path(),
+        &format!(
+            r##"
+            [route]
+            receiver = "slack-hook"
+            group_wait = "0s"
+            group_by = ["subject"]
+            [[route.routes]]
+            receiver = "slack-api"
+            matchers = ['team = "slack-api"']
+            [[route.routes]]
+            receiver = "wa"
+            matchers = ['team = "wa"']
+            [[route.routes]]
+            receiver = "mail"
+            matchers = ['team = "mail"']
+            [[route.routes]]
+            receiver = "wa-then-mail"
+            matchers = ['team = "wa-then-mail"']
+
+            [[receivers]]
+            name = "slack-hook"
+            [[receivers.channels]]
+            type = "slack"
+            url_file = "{hook_file}"
+
+            [[receivers]]
+            name = "slack-api"
+            [[receivers.channels]]
+            type = "slack"
+            token_file = "{slack_token}"
+            channel = "#store-ops"
+            api_url = "{u}/api"
+
+            [[receivers]]
+            name = "wa"
+            [[receivers.channels]]
+            type = "whatsapp"
+            api_url = "{u}"
+            phone_number_id = "1234567"
+            to = "+4915112345678"
+            token_file = "{wa_token}"
+            template = "storepulse_alert"
+            language = "de"
+
+            [[receivers]]
+            name = "mail"
+            max_attempts = 3
+            backoff_initial = "20ms"
+            [[receivers.channels]]
+            type = "email"
+            smtp_host = "{smtp_host}"
+            smtp_port = {smtp_port}
+            starttls = "opportunistic"
+            username = "notifier"
+            password_file = "{smtp_password}"
+            from = "StorePulse <alerts@storepulse.test>"
+            to = ["manager@store.test", "Area Manager <area@store.test>"]
+
+            [[receivers]]
+            name = "wa-then-mail"
+            [[receivers.channels]]
+            type = "whatsapp"
+            api_url = "{u}"
+            phone_number_id = "999"
+            to = "4915100000000"
+            token_file = "{wa_token}"
+            [[receivers.channels]]
+            type = "email"
+            smtp_host = "{smtp_host}"
+            smtp_port = {smtp_port}
+            starttls = "off"
+            from = "fallback-sender@storepulse.test"
+            to = ["fallback@store.test"]
+            "##,
+            u = server.url,
+            hook_file = secret_file(
+                &stack,
+                "slack-hook",
+                &format!("{}/services/T0/B0/hook-secret", server.url)
+            ),
+            slack_token = secret_file(&stack, "slack-token", "xoxb-test-token\n"),
+            wa_token = secret_file(&stack, "wa-token", "wa-test-token"),
+            smtp_password = secret_file(&stack, "smtp-password", "smtp-pass"),
+            smtp_host = smtp.host,
+            smtp_port = smtp.port,
+        ),
+    );
+    let shutdown = CancellationToken::new();
+    let (_ops, handle) = start_notifier(&stack, &policy, &shutdown).await;
+    let p = producer(&stack);
+    publish(
+        &p,
+        &[
+            alert("s-1", "sh1", "Firing", "Critical", &[]),
+            alert("s-1", "sa1", "Firing", "Warning", &[("team", "slack-api")]),
+            alert("s-1", "wa1", "Firing", "Critical", &[("team", "wa")]),
+            alert("s-1", "m1", "Firing", "Critical", &[("team", "mail")]),
+            alert(
+                "s-1",
+                "fb1",
+                "Firing",
+                "Critical",
+                &[("team", "wa-then-mail")],
+            ),
+        ],
+    )
+    .await;
+    let finished = eventually("all five deliveries finished", WITHIN, || async {
+        let rows = stack
+            .pool
+            .get()
+            .await
+            .expect("pg")
+            .query(
+                "SELECT receiver, status, attempts, channel, message_id FROM notifier.deliveries WHERE status <> 'pending'",
+                &[],
+            )
+            .await
+            .expect("query");
+        let by_receiver: HashMap<String, (String, i32, String, uuid::Uuid)> = rows
+            .iter()
+            .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3), r.get(4))))
+            .collect();
+        (by_receiver.len() == 5).then_some(by_receiver)
+    })
+    .await;
+    let outcome = |r: &str| {
+        let (status, attempts, channel, _) = &finished[r];
+        (status.as_str(), *attempts, channel.as_str())
+    };
+    let message_id = |r: &str| finished[r].3.to_string();
+
+    // Slack incoming webhook: the secret URL's path, JSON text naming the alert.
+    assert_eq!(outcome("slack-hook"), ("delivered", 1, "slack"));
+    let hook = server.to("/services/T0/B0/hook-secret");
+    assert_eq!(hook.len(), 1);
+    assert_eq!(hook[0].header("content-type"), "application/json");
+    assert_eq!(hook[0].header("authorization"), "");
+    let text = hook[0].json()["text"].as_str().expect("text").to_string();
+    assert!(
+        text.starts_with("*FIRING: 1 alert (subject=freezer-sh1)*"),
+        "{text}"
+    );
+    assert!(
+        text.contains("[critical] s-1 freezer-sh1: freezer sh1 is warm"),
+        "{text}"
+    );
+
+    // chat.postMessage: bearer token, channel, text.
+    assert_eq!(outcome("slack-api"), ("delivered", 1, "slack"));
+    let api = server.to("/api/chat.postMessage");
+    assert_eq!(api.len(), 1);
+    assert_eq!(api[0].header("authorization"), "Bearer xoxb-test-token");
+    let body = api[0].json();
+    assert_eq!(body["channel"], "#store-ops");
+    assert!(
+        body["text"]
+            .as_str()
+            .expect("text")
+            .contains("freezer sa1 is warm")
+    );
+
+    // WhatsApp Cloud API: /{version}/{phone-number-id}/messages, template message.
+    assert_eq!(outcome("wa"), ("delivered", 1, "whatsapp"));
+    let wa = server.to("/v21.0/1234567/messages");
+    assert_eq!(wa.len(), 1);
+    assert_eq!(wa[0].header("authorization"), "Bearer wa-test-token");
+    assert_eq!(wa[0].header("content-type"), "application/json");
+    let body = wa[0].json();
+    assert_eq!(body["messaging_product"], "whatsapp");
+    assert_eq!(body["recipient_type"], "individual");
+    assert_eq!(body["to"], "4915112345678");
+    assert_eq!(body["type"], "template");
+    assert_eq!(body["template"]["name"], "storepulse_alert");
+    assert_eq!(body["template"]["language"]["code"], "de");
+    let params = &body["template"]["components"][0]["parameters"];
+    assert_eq!(body["template"]["components"][0]["type"], "body");
+    assert_eq!(params[0]["text"], "FIRING: 1 alert (subject=freezer-wa1)");
+    assert!(
+        params[1]["text"]
+            .as_str()
+            .expect("param")
+            .contains("freezer wa1 is warm")
+    );
+    assert_eq!(body["biz_opaque_callback_data"], message_id("wa"));
+
+    // Email: deferred once (451), retried, accepted with AUTH, both alternatives.
+    assert_eq!(outcome("mail"), ("delivered", 2, "email"));
+    let mails = smtp.mails();
+    let mail = mails
+        .iter()
+        .find(|m| m.to.contains(&"manager@store.test".to_string()))
+        .expect("mail to the managers");
+    assert_eq!(mail.auth.as_deref(), Some("notifier:smtp-pass"));
+    assert_eq!(mail.from, "alerts@storepulse.test");
+    assert_eq!(mail.to, ["manager@store.test", "area@store.test"]);
+    assert_eq!(
+        mail.header("Subject").as_deref(),
+        Some("FIRING: 1 alert (subject=freezer-m1)")
+    );
+    assert_eq!(
+        mail.header("Message-ID"),
+        Some(format!("<{}@storepulse>", message_id("mail")))
+    );
+    assert!(
+        mail.header("Content-Type")
+            .is_some_and(|c| c.starts_with("multipart/alternative")),
+        "{}",
+        mail.data
+    );
+    assert!(
+        mail.data.contains("Content-Type: text/plain"),
+        "{}",
+        mail.data
+    );
+    assert!(
+        mail.data.contains("Content-Type: text/html"),
+        "{}",
+        mail.data
+    );
+    assert!(
+        mail.data
+            .contains("<li>[critical] s-1 freezer-m1: freezer m1 is warm"),
+        "{}",
+        mail.data
+    );
+
+    // WhatsApp refused for good (400, not retried): the next channel, email, delivers.
+    assert_eq!(outcome("wa-then-mail"), ("delivered", 2, "email"));
+    assert_eq!(server.to("/v21.0/999/messages").len(), 1);
+    let fallback = mails
+        .iter()
+        .find(|m| m.to == ["fallback@store.test"])
+        .expect("fallback mail");
+    assert_eq!(fallback.auth, None);
+    assert!(fallback.data.contains("freezer fb1 is warm"));
+    assert_eq!(smtp.attempts(), 3, "two mails, one deferred try");
+
+    // Secrets never reach the ledger's errors or the dead letters.
+    assert_eq!(
+        stack
+            .count("SELECT count(*) FROM notifier.deliveries WHERE error LIKE '%token%' OR error LIKE '%hook-secret%'")
+            .await,
+        0
+    );
+    eventually("outcomes published", WITHIN, || async {
+        (stack
+            .count("SELECT count(*) FROM notifier.deliveries WHERE NOT outcome_published")
+            .await
+            == 0)
+            .then_some(())
+    })
+    .await;
     shutdown.cancel();
     handle
         .await

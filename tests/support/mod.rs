@@ -6,6 +6,7 @@
 
 pub mod feed;
 pub mod recording_http;
+pub mod recording_smtp;
 pub mod recount;
 pub mod rules;
 

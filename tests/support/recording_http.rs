@@ -38,6 +38,8 @@ struct State {
     always: HashMap<String, u16>,
     /// Delay before answering.
     delay: Duration,
+    /// Bodies of successful answers per path ("recorded" otherwise).
+    bodies: HashMap<String, String>,
 }
 
 /// The running server.
@@ -59,7 +61,7 @@ impl RecordingServer {
             let s = s.clone();
             async move {
                 let path = uri.path().to_string();
-                let (status, delay) = {
+                let (status, delay, answer) = {
                     let mut st = s.lock().expect("state");
                     st.requests.push(Recorded {
                         path: path.clone(),
@@ -79,7 +81,12 @@ impl RecordingServer {
                             .and_then(VecDeque::pop_front)
                             .unwrap_or(200),
                     };
-                    (status, st.delay)
+                    let answer = st
+                        .bodies
+                        .get(&path)
+                        .cloned()
+                        .unwrap_or_else(|| "recorded".into());
+                    (status, st.delay, answer)
                 };
                 if !delay.is_zero() {
                     tokio::time::sleep(delay).await;
@@ -88,7 +95,7 @@ impl RecordingServer {
                 if status == 429 {
                     return (code, [("retry-after", "0")], "slow down").into_response();
                 }
-                (code, "recorded").into_response()
+                (code, answer).into_response()
             }
         });
         tokio::spawn(async move {
@@ -107,6 +114,11 @@ impl RecordingServer {
     /// Answers `path` with `status` always.
     pub fn always(&self, path: &str, status: u16) {
         self.lock().always.insert(path.into(), status);
+    }
+
+    /// Answers successful requests to `path` with this body.
+    pub fn answer_body(&self, path: &str, body: &str) {
+        self.lock().bodies.insert(path.into(), body.into());
     }
 
     /// Waits this long before each answer.

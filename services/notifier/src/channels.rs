@@ -9,13 +9,24 @@
 //! Webhook requests: `POST` of the JSON body with `Idempotency-Key: <message id>`,
 //! `X-StorePulse-Timestamp: <unix seconds>` and, when the channel has a secret,
 //! `X-StorePulse-Signature: v1=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>`.
+//!
+//! Slack: `POST` `{"text": ...}` to an incoming webhook, or `{"channel", "text"}` to
+//! `chat.postMessage` with `Authorization: Bearer <token>` (whose HTTP 200 answers
+//! carry `"ok": false` on errors: permanent, except `ratelimited`).
+//! WhatsApp Business Cloud API: `POST /<version>/<phone-number-id>/messages` with a
+//! bearer token; a template message (two body parameters) or a text message; the
+//! message id rides in `biz_opaque_callback_data`.
+//! Email: one SMTP session per message (lettre), `multipart/alternative` plain text
+//! and HTML, `Message-ID: <message id@storepulse>`; SMTP 5xx answers are permanent,
+//! 4xx and connection errors retryable.
 
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::policy::{ChannelSpec, Secret};
+use crate::policy::{ChannelSpec, Secret, SlackTarget, StartTls};
+use crate::render;
 
 /// Header carrying the message id; the same on every retry and resend.
 pub const IDEMPOTENCY_HEADER: &str = "Idempotency-Key";
@@ -85,6 +96,198 @@ pub async fn send_once(
             }
             answer(req.body(body).send().await).await
         }
+        ChannelSpec::Slack { target, timeout } => match target {
+            SlackTarget::IncomingWebhook { url } => {
+                let req = http
+                    .post(url.expose())
+                    .timeout(*timeout)
+                    .json(&slack_payload(None, &message.body));
+                answer(req.send().await).await
+            }
+            SlackTarget::PostMessage {
+                url,
+                token,
+                channel,
+            } => {
+                let req = http
+                    .post(url)
+                    .timeout(*timeout)
+                    .bearer_auth(token.expose())
+                    .json(&slack_payload(Some(channel), &message.body));
+                let resp = req.send().await;
+                slack_api_answer(resp).await
+            }
+        },
+        ChannelSpec::WhatsApp {
+            messages_url,
+            to,
+            token,
+            template,
+            timeout,
+        } => {
+            let payload = whatsapp_payload(to, template.as_ref(), message);
+            let req = http
+                .post(messages_url)
+                .timeout(*timeout)
+                .bearer_auth(token.expose())
+                .json(&payload);
+            answer(req.send().await).await
+        }
+        ChannelSpec::Email { .. } => send_email(channel, message).await,
+    }
+}
+
+/// The Slack request body (`channel` only for chat.postMessage).
+pub fn slack_payload(channel: Option<&str>, body: &serde_json::Value) -> serde_json::Value {
+    let mut payload = serde_json::json!({
+        "text": render::slack(body),
+        "unfurl_links": false,
+    });
+    if let Some(c) = channel {
+        payload["channel"] = serde_json::Value::String(c.to_string());
+    }
+    payload
+}
+
+/// The WhatsApp Cloud API request body.
+pub fn whatsapp_payload(
+    to: &str,
+    template: Option<&(String, String)>,
+    message: &Outgoing,
+) -> serde_json::Value {
+    let mut payload = match template {
+        Some((name, language)) => {
+            let parameters: Vec<serde_json::Value> = render::whatsapp_parameters(&message.body)
+                .into_iter()
+                .map(|text| serde_json::json!({"type": "text", "text": text}))
+                .collect();
+            serde_json::json!({
+                "type": "template",
+                "template": {
+                    "name": name,
+                    "language": {"code": language},
+                    "components": [{"type": "body", "parameters": parameters}],
+                },
+            })
+        }
+        None => serde_json::json!({
+            "type": "text",
+            "text": {"preview_url": false, "body": render::whatsapp_text(&message.body)},
+        }),
+    };
+    payload["messaging_product"] = "whatsapp".into();
+    payload["recipient_type"] = "individual".into();
+    payload["to"] = to.into();
+    payload["biz_opaque_callback_data"] = message.message_id.to_string().into();
+    payload
+}
+
+/// The email of a message: plain text and HTML alternatives.
+pub fn email_message(
+    from: &lettre::message::Mailbox,
+    to: &[lettre::message::Mailbox],
+    message: &Outgoing,
+) -> Result<lettre::Message, SendError> {
+    use lettre::message::MultiPart;
+    let mut builder = lettre::Message::builder()
+        .from(from.clone())
+        .subject(render::headline(&message.body))
+        .message_id(Some(format!("<{}@storepulse>", message.message_id)));
+    for rcpt in to {
+        builder = builder.to(rcpt.clone());
+    }
+    builder
+        .multipart(MultiPart::alternative_plain_html(
+            render::plain(&message.body),
+            render::html(&message.body),
+        ))
+        .map_err(|e| SendError::Permanent(format!("cannot build the email: {e}")))
+}
+
+async fn send_email(channel: &ChannelSpec, message: &Outgoing) -> Result<(), SendError> {
+    use lettre::transport::smtp::AsyncSmtpTransport;
+    use lettre::transport::smtp::authentication::Credentials;
+    use lettre::transport::smtp::client::{Tls, TlsParameters};
+    use lettre::{AsyncTransport, Tokio1Executor};
+    let ChannelSpec::Email {
+        host,
+        port,
+        starttls,
+        credentials,
+        from,
+        to,
+        timeout,
+    } = channel
+    else {
+        return Err(SendError::Permanent("not an email channel".into()));
+    };
+    let email = email_message(from, to, message)?;
+    let tls = match starttls {
+        StartTls::Off => Tls::None,
+        StartTls::Required | StartTls::Opportunistic => {
+            let params = TlsParameters::new(host.clone())
+                .map_err(|e| SendError::Permanent(format!("TLS setup: {e}")))?;
+            if *starttls == StartTls::Required {
+                Tls::Required(params)
+            } else {
+                Tls::Opportunistic(params)
+            }
+        }
+    };
+    let mut transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host.clone())
+        .port(*port)
+        .tls(tls)
+        .timeout(Some(*timeout));
+    if let Some((user, password)) = credentials {
+        transport = transport.credentials(Credentials::new(
+            user.clone(),
+            password.expose().to_string(),
+        ));
+    }
+    match transport.build().send(email).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.is_permanent() => Err(SendError::Permanent(format!("SMTP: {e}"))),
+        Err(e) => Err(SendError::Retryable {
+            reason: format!("SMTP: {e}"),
+            retry_after: None,
+        }),
+    }
+}
+
+/// Classifies a chat.postMessage answer: HTTP errors as usual, then the JSON `ok`.
+async fn slack_api_answer(
+    result: Result<reqwest::Response, reqwest::Error>,
+) -> Result<(), SendError> {
+    let resp = match result {
+        Ok(r) if r.status().is_success() => r,
+        other => return answer(other).await,
+    };
+    let text = resp.text().await.unwrap_or_default();
+    slack_api_result(&text)
+}
+
+/// `{"ok": true}` delivered; `{"ok": false, "error": e}` permanent unless Slack says
+/// it is rate-limited or failing internally.
+pub fn slack_api_result(text: &str) -> Result<(), SendError> {
+    let v: serde_json::Value = serde_json::from_str(text).map_err(|_| SendError::Retryable {
+        reason: "Slack answered something that is not JSON".into(),
+        retry_after: None,
+    })?;
+    if v["ok"].as_bool() == Some(true) {
+        return Ok(());
+    }
+    let error = v["error"].as_str().unwrap_or("unknown error");
+    let reason = format!("Slack: {}", error.chars().take(100).collect::<String>());
+    match error {
+        "ratelimited"
+        | "internal_error"
+        | "fatal_error"
+        | "service_unavailable"
+        | "request_timeout" => Err(SendError::Retryable {
+            reason,
+            retry_after: None,
+        }),
+        _ => Err(SendError::Permanent(reason)),
     }
 }
 
@@ -125,6 +328,60 @@ async fn answer(result: Result<reqwest::Response, reqwest::Error>) -> Result<(),
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn outgoing() -> Outgoing {
+        Outgoing {
+            message_id: uuid::Uuid::from_u128(1),
+            body: serde_json::json!({
+                "message_id": uuid::Uuid::from_u128(1), "status": "firing", "group_labels": {},
+                "alerts": [{"state": "firing", "severity": "critical", "store_id": "s-1",
+                            "subject": "freezer-1", "summary": "warm", "started_at": "t"}]
+            }),
+        }
+    }
+
+    #[test]
+    fn slack_api_answers_are_classified() {
+        assert_eq!(slack_api_result(r#"{"ok":true,"ts":"1"}"#), Ok(()));
+        assert!(matches!(
+            slack_api_result(r#"{"ok":false,"error":"channel_not_found"}"#),
+            Err(SendError::Permanent(e)) if e == "Slack: channel_not_found"
+        ));
+        assert!(matches!(
+            slack_api_result(r#"{"ok":false,"error":"ratelimited"}"#),
+            Err(SendError::Retryable { .. })
+        ));
+        assert!(matches!(
+            slack_api_result("<html>"),
+            Err(SendError::Retryable { .. })
+        ));
+    }
+
+    #[test]
+    fn whatsapp_requests_follow_the_cloud_api_shape() {
+        let m = outgoing();
+        let t = whatsapp_payload(
+            "4915112345678",
+            Some(&("storepulse_alert".into(), "de".into())),
+            &m,
+        );
+        assert_eq!(t["messaging_product"], "whatsapp");
+        assert_eq!(t["to"], "4915112345678");
+        assert_eq!(t["type"], "template");
+        assert_eq!(t["template"]["name"], "storepulse_alert");
+        assert_eq!(t["template"]["language"]["code"], "de");
+        let params = &t["template"]["components"][0]["parameters"];
+        assert_eq!(params[0]["text"], "FIRING: 1 alert");
+        assert_eq!(params[1]["type"], "text");
+        assert_eq!(t["biz_opaque_callback_data"], m.message_id.to_string());
+        let x = whatsapp_payload("4915112345678", None, &m);
+        assert_eq!(x["type"], "text");
+        assert!(
+            x["text"]["body"]
+                .as_str()
+                .is_some_and(|b| b.contains("freezer-1: warm"))
+        );
+    }
 
     #[test]
     fn signature_is_hmac_sha256_over_timestamp_dot_body() {

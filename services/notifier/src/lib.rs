@@ -15,6 +15,7 @@ pub mod grouping;
 pub mod ledger;
 pub mod policy;
 pub mod rate_limit;
+pub mod render;
 pub mod router;
 pub mod silences;
 

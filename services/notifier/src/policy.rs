@@ -140,6 +140,27 @@ pub fn default_channel_timeout() -> String {
     "10s".into()
 }
 
+/// Slack's Web API base (chat.postMessage is `<api_url>/chat.postMessage`).
+pub fn default_slack_api_url() -> String {
+    "https://slack.com/api".into()
+}
+/// WhatsApp Business Cloud API base (the Graph API host).
+pub fn default_whatsapp_api_url() -> String {
+    "https://graph.facebook.com".into()
+}
+/// Graph API version in WhatsApp request paths.
+pub fn default_whatsapp_api_version() -> String {
+    "v21.0".into()
+}
+/// Language of WhatsApp template messages.
+pub fn default_template_language() -> String {
+    "en_US".into()
+}
+/// SMTP submission port (STARTTLS).
+pub fn default_smtp_port() -> u16 {
+    587
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, tag = "type", rename_all = "snake_case")]
 enum ChannelFile {
@@ -150,6 +171,65 @@ enum ChannelFile {
         #[serde(default = "default_channel_timeout")]
         timeout: String,
     },
+    /// An incoming webhook (`url`, `url_env` or `url_file`: the URL is a secret) or
+    /// chat.postMessage (`token_env`/`token_file` and `channel`).
+    Slack {
+        url: Option<String>,
+        url_env: Option<String>,
+        url_file: Option<String>,
+        token_env: Option<String>,
+        token_file: Option<String>,
+        channel: Option<String>,
+        #[serde(default = "default_slack_api_url")]
+        api_url: String,
+        #[serde(default = "default_channel_timeout")]
+        timeout: String,
+    },
+    #[serde(rename = "whatsapp")]
+    WhatsApp {
+        #[serde(default = "default_whatsapp_api_url")]
+        api_url: String,
+        #[serde(default = "default_whatsapp_api_version")]
+        api_version: String,
+        phone_number_id: String,
+        to: String,
+        token_env: Option<String>,
+        token_file: Option<String>,
+        /// An approved template's name; without one, a text message (only delivered
+        /// inside WhatsApp's 24-hour customer-service window).
+        template: Option<String>,
+        #[serde(default = "default_template_language")]
+        language: String,
+        #[serde(default = "default_channel_timeout")]
+        timeout: String,
+    },
+    Email {
+        smtp_host: String,
+        #[serde(default = "default_smtp_port")]
+        smtp_port: u16,
+        #[serde(default)]
+        starttls: StartTls,
+        username: Option<String>,
+        password_env: Option<String>,
+        password_file: Option<String>,
+        from: String,
+        to: Vec<String>,
+        #[serde(default = "default_channel_timeout")]
+        timeout: String,
+    },
+}
+
+/// Whether an email channel upgrades its SMTP connection with STARTTLS.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StartTls {
+    /// Refuse to send unless the server offers STARTTLS (the default).
+    #[default]
+    Required,
+    /// Upgrade when the server offers it, else send in clear.
+    Opportunistic,
+    /// Never upgrade (a local relay).
+    Off,
 }
 
 // ---------------------------------------------------------------- validated policy
@@ -181,13 +261,54 @@ pub enum ChannelSpec {
         secret: Option<Secret>,
         timeout: Duration,
     },
+    Slack {
+        target: SlackTarget,
+        timeout: Duration,
+    },
+    WhatsApp {
+        /// `<api_url>/<api_version>/<phone_number_id>/messages`.
+        messages_url: String,
+        /// Recipient phone number (digits, international format).
+        to: String,
+        token: Secret,
+        /// Template name and language; `None`: a text message.
+        template: Option<(String, String)>,
+        timeout: Duration,
+    },
+    Email {
+        host: String,
+        port: u16,
+        starttls: StartTls,
+        /// User name and password for SMTP AUTH.
+        credentials: Option<(String, Secret)>,
+        from: lettre::message::Mailbox,
+        to: Vec<lettre::message::Mailbox>,
+        timeout: Duration,
+    },
+}
+
+/// Where a Slack channel posts.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SlackTarget {
+    /// An incoming webhook; its URL is the secret.
+    IncomingWebhook { url: Secret },
+    /// `chat.postMessage` with a bot token.
+    PostMessage {
+        url: String,
+        token: Secret,
+        channel: String,
+    },
 }
 
 impl ChannelSpec {
     /// The channel kind as recorded in outcomes.
     pub fn kind(&self) -> storepulse_runtime::records::Channel {
+        use storepulse_runtime::records::Channel;
         match self {
-            ChannelSpec::Webhook { .. } => storepulse_runtime::records::Channel::Webhook,
+            ChannelSpec::Webhook { .. } => Channel::Webhook,
+            ChannelSpec::Slack { .. } => Channel::Slack,
+            ChannelSpec::WhatsApp { .. } => Channel::WhatsApp,
+            ChannelSpec::Email { .. } => Channel::Email,
         }
     }
 }
@@ -772,16 +893,27 @@ fn secret(
     from_file: &Option<String>,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Option<Secret>, PolicyError> {
+    named_secret(path, "secret", from_env, from_file, env)
+}
+
+/// A secret from `<name>_env` or `<name>_file` (at most one of them).
+fn named_secret(
+    path: &str,
+    name: &str,
+    from_env: &Option<String>,
+    from_file: &Option<String>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<Secret>, PolicyError> {
     match (from_env, from_file) {
         (Some(_), Some(_)) => Err(err(
-            format!("{path}.secret_env"),
-            "give secret_env or secret_file, not both",
+            format!("{path}.{name}_env"),
+            format!("give {name}_env or {name}_file, not both"),
         )),
-        (Some(name), None) => match env(name) {
+        (Some(var), None) => match env(var) {
             Some(v) if !v.is_empty() => Ok(Some(Secret(v))),
             _ => Err(err(
-                format!("{path}.secret_env"),
-                format!("environment variable {name} is not set or empty"),
+                format!("{path}.{name}_env"),
+                format!("environment variable {var} is not set or empty"),
             )),
         },
         (None, Some(file)) => match std::fs::read_to_string(file) {
@@ -789,11 +921,11 @@ fn secret(
                 Ok(Some(Secret(v.trim_end_matches(['\n', '\r']).to_string())))
             }
             Ok(_) => Err(err(
-                format!("{path}.secret_file"),
+                format!("{path}.{name}_file"),
                 format!("{file} is empty"),
             )),
             Err(e) => Err(err(
-                format!("{path}.secret_file"),
+                format!("{path}.{name}_file"),
                 format!("cannot read {file}: {}", e.kind()),
             )),
         },
@@ -801,14 +933,40 @@ fn secret(
     }
 }
 
+/// A secret that must be given.
+fn required_secret(
+    path: &str,
+    name: &str,
+    from_env: &Option<String>,
+    from_file: &Option<String>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Secret, PolicyError> {
+    named_secret(path, name, from_env, from_file, env)?.ok_or_else(|| {
+        err(
+            format!("{path}.{name}_env"),
+            format!("give {name}_env or {name}_file"),
+        )
+    })
+}
+
+fn mailbox(path: &str, text: &str) -> Result<lettre::message::Mailbox, PolicyError> {
+    text.parse()
+        .map_err(|e| err(path, format!("{text:?} is not an email address: {e}")))
+}
+
 fn http_url(path: &str, url: &str) -> Result<String, PolicyError> {
+    http_url_at(&format!("{path}.url"), url)
+}
+
+/// Checks an http(s) URL; the error never repeats the URL (it may be a secret).
+fn http_url_at(at: &str, url: &str) -> Result<String, PolicyError> {
     match reqwest::Url::parse(url) {
         Ok(u) if u.scheme() == "http" || u.scheme() == "https" => Ok(url.to_string()),
         Ok(u) => Err(err(
-            format!("{path}.url"),
+            at,
             format!("scheme {} is not http or https", u.scheme()),
         )),
-        Err(e) => Err(err(format!("{path}.url"), format!("not a URL: {e}"))),
+        Err(e) => Err(err(at, format!("not a URL: {e}"))),
     }
 }
 
@@ -828,6 +986,174 @@ fn channel(
             secret: secret(path, secret_env, secret_file, env)?,
             timeout: duration_at(path, "timeout", timeout)?,
         }),
+        ChannelFile::Slack {
+            url,
+            url_env,
+            url_file,
+            token_env,
+            token_file,
+            channel,
+            api_url,
+            timeout,
+        } => {
+            let timeout = duration_at(path, "timeout", timeout)?;
+            let hook = match (url, named_secret(path, "url", url_env, url_file, env)?) {
+                (Some(_), Some(_)) => {
+                    return Err(err(
+                        format!("{path}.url"),
+                        "give one of url, url_env, url_file",
+                    ));
+                }
+                (Some(u), None) => Some(Secret(u.clone())),
+                (None, s) => s,
+            };
+            let token = named_secret(path, "token", token_env, token_file, env)?;
+            let target = match (hook, token) {
+                (Some(_), Some(_)) => {
+                    return Err(err(
+                        path,
+                        "an incoming webhook (url) or chat.postMessage (token), not both",
+                    ));
+                }
+                (None, None) => {
+                    return Err(err(
+                        path,
+                        "give an incoming webhook (url, url_env or url_file) or a token (token_env or token_file) and a channel",
+                    ));
+                }
+                (Some(url), None) => {
+                    if channel.is_some() {
+                        return Err(err(
+                            format!("{path}.channel"),
+                            "an incoming webhook posts to its own channel; channel goes with a token",
+                        ));
+                    }
+                    http_url_at(&format!("{path}.url"), url.expose())?;
+                    SlackTarget::IncomingWebhook { url }
+                }
+                (None, Some(token)) => {
+                    let channel = match channel {
+                        Some(c) if !c.trim().is_empty() => c.clone(),
+                        _ => {
+                            return Err(err(
+                                format!("{path}.channel"),
+                                "chat.postMessage needs a channel (name or id)",
+                            ));
+                        }
+                    };
+                    let base = http_url_at(&format!("{path}.api_url"), api_url)?;
+                    SlackTarget::PostMessage {
+                        url: format!("{}/chat.postMessage", base.trim_end_matches('/')),
+                        token,
+                        channel,
+                    }
+                }
+            };
+            Ok(ChannelSpec::Slack { target, timeout })
+        }
+        ChannelFile::WhatsApp {
+            api_url,
+            api_version,
+            phone_number_id,
+            to,
+            token_env,
+            token_file,
+            template,
+            language,
+            timeout,
+        } => {
+            let base = http_url_at(&format!("{path}.api_url"), api_url)?;
+            let segment = |field: &str, v: &str| {
+                if v.is_empty()
+                    || !v
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_')
+                {
+                    Err(err(
+                        format!("{path}.{field}"),
+                        format!("{v:?} must be letters, digits, '.' or '_'"),
+                    ))
+                } else {
+                    Ok(())
+                }
+            };
+            segment("api_version", api_version)?;
+            segment("phone_number_id", phone_number_id)?;
+            let digits = to.strip_prefix('+').unwrap_or(to);
+            if digits.len() < 6 || !digits.chars().all(|c| c.is_ascii_digit()) {
+                return Err(err(
+                    format!("{path}.to"),
+                    format!(
+                        "{to:?} is not a phone number in international format (digits, e.g. +4915112345678)"
+                    ),
+                ));
+            }
+            let template = match template {
+                Some(t) if t.trim().is_empty() => {
+                    return Err(err(format!("{path}.template"), "must not be empty"));
+                }
+                Some(t) => Some((t.clone(), language.clone())),
+                None => None,
+            };
+            Ok(ChannelSpec::WhatsApp {
+                messages_url: format!(
+                    "{}/{api_version}/{phone_number_id}/messages",
+                    base.trim_end_matches('/')
+                ),
+                to: digits.to_string(),
+                token: required_secret(path, "token", token_env, token_file, env)?,
+                template,
+                timeout: duration_at(path, "timeout", timeout)?,
+            })
+        }
+        ChannelFile::Email {
+            smtp_host,
+            smtp_port,
+            starttls,
+            username,
+            password_env,
+            password_file,
+            from,
+            to,
+            timeout,
+        } => {
+            if smtp_host.trim().is_empty() {
+                return Err(err(format!("{path}.smtp_host"), "must not be empty"));
+            }
+            if to.is_empty() {
+                return Err(err(format!("{path}.to"), "at least one address"));
+            }
+            let password = named_secret(path, "password", password_env, password_file, env)?;
+            let credentials = match (username, password) {
+                (Some(u), Some(p)) => Some((u.clone(), p)),
+                (None, None) => None,
+                (Some(_), None) => {
+                    return Err(err(
+                        format!("{path}.password_env"),
+                        "username given without password_env or password_file",
+                    ));
+                }
+                (None, Some(_)) => {
+                    return Err(err(
+                        format!("{path}.username"),
+                        "a password needs a username",
+                    ));
+                }
+            };
+            Ok(ChannelSpec::Email {
+                host: smtp_host.clone(),
+                port: *smtp_port,
+                starttls: *starttls,
+                credentials,
+                from: mailbox(&format!("{path}.from"), from)?,
+                to: to
+                    .iter()
+                    .enumerate()
+                    .map(|(i, a)| mailbox(&format!("{path}.to[{i}]"), a))
+                    .collect::<Result<_, _>>()?,
+                timeout: duration_at(path, "timeout", timeout)?,
+            })
+        }
     }
 }
 
@@ -995,6 +1321,7 @@ mod tests {
             ChannelSpec::Webhook { secret, .. } => {
                 assert_eq!(secret.as_ref().map(Secret::expose), Some("hunter2"));
             }
+            other => panic!("not a webhook: {other:?}"),
         }
     }
 }
@@ -1009,6 +1336,8 @@ mod example_file {
         let dir = tempfile::tempdir().expect("tempdir");
         let secret = dir.path().join("managers");
         std::fs::write(&secret, "s").expect("secret");
+        let slack_token = dir.path().join("slack");
+        std::fs::write(&slack_token, "xoxb-1").expect("secret");
         let text = std::fs::read_to_string(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/../../config/notifier.example.toml"
@@ -1017,13 +1346,129 @@ mod example_file {
         .replace(
             "/run/secrets/managers-webhook",
             &secret.display().to_string(),
+        )
+        .replace(
+            "/run/secrets/slack-bot-token",
+            &slack_token.display().to_string(),
         );
-        let env = |n: &str| (n == "STOREPULSE_OPS_WEBHOOK_SECRET").then(|| "x".to_string());
+        let env = |n: &str| match n {
+            "STOREPULSE_OPS_WEBHOOK_SECRET"
+            | "STOREPULSE_WHATSAPP_TOKEN"
+            | "STOREPULSE_SMTP_PASSWORD" => Some("x".to_string()),
+            "STOREPULSE_SLACK_COLD_CHAIN_URL" => {
+                Some("https://hooks.slack.com/services/T0/B0/x".to_string())
+            }
+            _ => None,
+        };
         let p = Policy::parse(&text, &env).expect("example policy is valid");
         assert_eq!(p.route_count(), 3);
-        assert_eq!(p.receivers["store-managers"].channels.len(), 2);
+        let kinds = |r: &str| {
+            p.receivers[r]
+                .channels
+                .iter()
+                .map(ChannelSpec::kind)
+                .collect::<Vec<_>>()
+        };
+        use storepulse_runtime::records::Channel;
+        assert_eq!(
+            kinds("store-managers"),
+            [Channel::WhatsApp, Channel::Email, Channel::Webhook]
+        );
+        assert_eq!(kinds("cold-chain"), [Channel::Slack, Channel::Slack]);
         assert_eq!(p.inhibit_rules.len(), 1);
         assert_eq!(p.silences.len(), 1);
+    }
+
+    #[test]
+    fn slack_whatsapp_and_email_channels_are_validated() {
+        let base =
+            "[route]\nreceiver = \"r\"\n[[receivers]]\nname = \"r\"\n[[receivers.channels]]\n";
+        let parse = |channel: &str| {
+            Policy::parse(&format!("{base}{channel}"), &|n| {
+                (n == "TOKEN").then(|| "sekrit-token".to_string())
+            })
+        };
+        let e = parse("type = \"slack\"\n").expect_err("no target");
+        assert_eq!(e.path, "receivers[r].channels[0]");
+        let e = parse("type = \"slack\"\ntoken_env = \"TOKEN\"\n").expect_err("no channel");
+        assert_eq!(e.path, "receivers[r].channels[0].channel");
+        let e =
+            parse("type = \"slack\"\nurl = \"ftp://hooks/secret-path\"\n").expect_err("bad url");
+        assert_eq!(e.path, "receivers[r].channels[0].url");
+        assert!(!e.to_string().contains("secret-path"), "{e}");
+        let p = parse("type = \"slack\"\ntoken_env = \"TOKEN\"\nchannel = \"#ops\"\napi_url = \"http://127.0.0.1:1/api/\"\n")
+            .expect("post message");
+        match &p.receivers["r"].channels[0] {
+            ChannelSpec::Slack {
+                target: SlackTarget::PostMessage { url, channel, .. },
+                ..
+            } => {
+                assert_eq!(url, "http://127.0.0.1:1/api/chat.postMessage");
+                assert_eq!(channel, "#ops");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!format!("{p:?}").contains("sekrit-token"));
+        let wa = "type = \"whatsapp\"\nphone_number_id = \"123\"\ntoken_env = \"TOKEN\"\n";
+        let e = parse(&format!("{wa}to = \"call me\"\n")).expect_err("bad number");
+        assert_eq!(e.path, "receivers[r].channels[0].to");
+        let e = parse("type = \"whatsapp\"\nphone_number_id = \"123\"\nto = \"+4915112345678\"\n")
+            .expect_err("no token");
+        assert_eq!(e.path, "receivers[r].channels[0].token_env");
+        let p = parse(&format!(
+            "{wa}to = \"+4915112345678\"\napi_url = \"http://127.0.0.1:1\"\n"
+        ))
+        .expect("whatsapp");
+        match &p.receivers["r"].channels[0] {
+            ChannelSpec::WhatsApp {
+                messages_url,
+                to,
+                template,
+                ..
+            } => {
+                assert_eq!(messages_url, "http://127.0.0.1:1/v21.0/123/messages");
+                assert_eq!(to, "4915112345678");
+                assert_eq!(template, &None);
+            }
+            other => panic!("{other:?}"),
+        }
+        let mail = "type = \"email\"\nsmtp_host = \"127.0.0.1\"\nfrom = \"a@example.com\"\n";
+        let e = parse(&format!(
+            "{mail}to = [\"ok@example.com\", \"not an address\"]\n"
+        ))
+        .expect_err("bad address");
+        assert_eq!(e.path, "receivers[r].channels[0].to[1]");
+        let e = parse(&format!(
+            "{mail}to = [\"ok@example.com\"]\nusername = \"u\"\n"
+        ))
+        .expect_err("no password");
+        assert_eq!(e.path, "receivers[r].channels[0].password_env");
+        let e = parse(&format!(
+            "{mail}to = [\"ok@example.com\"]\nstarttls = \"maybe\"\n"
+        ))
+        .expect_err("bad starttls");
+        assert!(e.reason.contains("maybe"), "{e}");
+        let p = parse(&format!(
+            "{mail}to = [\"ok@example.com\"]\nusername = \"u\"\npassword_env = \"TOKEN\"\n"
+        ))
+        .expect("email");
+        match &p.receivers["r"].channels[0] {
+            ChannelSpec::Email {
+                port,
+                starttls,
+                credentials,
+                ..
+            } => {
+                assert_eq!(*port, 587);
+                assert_eq!(*starttls, StartTls::Required);
+                assert_eq!(
+                    credentials.as_ref().map(|c| c.1.expose()),
+                    Some("sekrit-token")
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!format!("{p:?}").contains("sekrit-token"));
     }
 
     #[test]
