@@ -4,6 +4,10 @@
 #   - the PostgreSQL server binaries (Debian package, only when missing)
 #   - Python's fastavro (PyPI, only when missing): the independent Avro implementation
 #     the codec interop test (services/runtime/tests/fastavro_interop.rs) checks against
+#   - the deployment checks' tools (scripts/check-deploy.sh, tests/deploy.rs): PyPI's
+#     helm-python-sdk (the Helm v4 library, no helm binary), kubernetes-validate
+#     (offline Kubernetes API schemas), PyYAML and jsonschema, and Debian's
+#     docker-compose 1.29 (`docker-compose config` validates docker-compose.yml)
 #   - the TimescaleDB 2.28.3 extension for the server's PostgreSQL (built from the
 #     vendored source archive when missing; needs postgresql-server-dev-<major> and
 #     cmake). Without archive or build tools the read store runs on plain PostgreSQL,
@@ -41,6 +45,34 @@ if python3 -c 'import fastavro' >/dev/null 2>&1; then
 else
   echo "fastavro: installing from PyPI ..."
   python3 -m pip install --quiet fastavro
+fi
+
+# Deployment checks. Each is skipped when present (installs need the registries; the
+# checks themselves run offline).
+missing_py=()
+python3 -c 'import helm_python' >/dev/null 2>&1 || missing_py+=(helm-python-sdk)
+python3 -c 'import kubernetes_validate' >/dev/null 2>&1 || missing_py+=(kubernetes-validate)
+python3 -c 'import yaml' >/dev/null 2>&1 || missing_py+=(PyYAML)
+python3 -c 'import jsonschema' >/dev/null 2>&1 || missing_py+=(jsonschema)
+if [ ${#missing_py[@]} -eq 0 ]; then
+  echo "deployment check tools (helm-python-sdk, kubernetes-validate): installed"
+else
+  echo "deployment check tools: installing ${missing_py[*]} from PyPI ..."
+  python3 -m pip install --quiet "${missing_py[@]}"
+fi
+if ! command -v kubernetes-validate >/dev/null 2>&1; then
+  # pip's scripts directory (system or user) may not be on PATH.
+  PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):${HOME}/.local/bin:$PATH"
+  export PATH
+fi
+if command -v docker-compose >/dev/null 2>&1; then
+  echo "docker-compose: installed"
+elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "docker-compose: installing the Debian package ..."
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null
+else
+  echo "docker-compose missing: install Debian's docker-compose (the deployment checks need it)" >&2
+  exit 1
 fi
 
 # TimescaleDB: there is no Debian package for PostgreSQL 15 here, so it is built from

@@ -7,6 +7,12 @@ cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 
+# pip's scripts directory (kubernetes-validate) may not be on PATH on a fresh machine.
+PATH="$PATH:$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):${HOME}/.local/bin"
+export PATH
+
+echo "== deployment checks (scripts/check-deploy.sh)"
+scripts/check-deploy.sh
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"

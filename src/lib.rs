@@ -5,6 +5,7 @@
 
 pub mod analysts;
 pub mod dev_stack;
+pub mod effective_config;
 pub mod gateway;
 pub mod load;
 pub mod load_stack;

@@ -260,6 +260,24 @@ enum Command {
     },
     /// Run one service in this process (same as its own binary).
     Run { service: Service },
+    /// Show the configuration a service would run with.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+    /// Exit 0 when URL answers 2xx within --timeout-ms, else 1: the container
+    /// image's health check (`storepulse healthcheck http://127.0.0.1:9102/healthz`),
+    /// for images without curl.
+    Healthcheck {
+        /// What to GET; default $HEALTHCHECK_URL, else ingest's /healthz.
+        #[arg(
+            env = "HEALTHCHECK_URL",
+            default_value = "http://127.0.0.1:8080/healthz"
+        )]
+        url: String,
+        #[arg(long, default_value_t = 3000)]
+        timeout_ms: u64,
+    },
     /// Store calendars (time zone, opening hours, holidays) that rules scoped to
     /// open hours use. Reads the calendar file given by --calendar, else
     /// rules.calendar_file.
@@ -321,6 +339,15 @@ enum RulesAction {
         #[arg(long)]
         rules: PathBuf,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigAction {
+    /// Print, as JSON, every key of every section SERVICE reads, loaded exactly as
+    /// the service loads it (defaults < --config/$STOREPULSE_CONFIG <
+    /// STOREPULSE_<SECTION>__<KEY>), secrets redacted. Fails with the service's own
+    /// start-up error on an unknown key or a bad value.
+    Show { service: Service },
 }
 
 #[derive(Debug, Subcommand)]
@@ -404,6 +431,19 @@ enum Service {
     Rules,
     Forecaster,
     Notifier,
+}
+
+impl Service {
+    /// The service's config section and metrics name.
+    fn name(self) -> &'static str {
+        match self {
+            Service::Ingest => "ingest",
+            Service::Compactor => "compactor",
+            Service::Rules => "rules",
+            Service::Forecaster => "forecaster",
+            Service::Notifier => "notifier",
+        }
+    }
 }
 
 /// Counts of [`print_topic_reports`].
@@ -964,6 +1004,26 @@ async fn main() -> anyhow::Result<()> {
                 Ok(())
             }
         },
+        Command::Config {
+            action: ConfigAction::Show { service },
+        } => {
+            let shown = storepulse::effective_config::effective(service.name(), &src)?;
+            println!("{}", serde_json::to_string_pretty(&shown)?);
+            Ok(())
+        }
+        Command::Healthcheck { url, timeout_ms } => {
+            let client = reqwest::Client::builder()
+                .timeout(Duration::from_millis(timeout_ms))
+                .build()?;
+            let status = client
+                .get(&url)
+                .send()
+                .await
+                .with_context(|| format!("GET {url}"))?
+                .status();
+            anyhow::ensure!(status.is_success(), "GET {url}: {status}");
+            Ok(())
+        }
         Command::InstallBroker => {
             let p = storepulse::local_stack::ensure_nisshi()?;
             println!("{}", p.display());

@@ -274,6 +274,7 @@ impl RebalanceObserver {
 impl ClientContext for RebalanceObserver {
     fn stats(&self, statistics: rdkafka::statistics::Statistics) {
         self.metrics.fetch_requests.observe(&statistics);
+        self.metrics.observe_lag(&statistics, &self.prefix);
     }
 }
 

@@ -92,6 +92,16 @@ impl ProducerMetrics {
     }
 }
 
+/// Records from `position` (the next offset to read) to `high_watermark`; 0 when
+/// either is not known yet (librdkafka reports negative sentinels).
+fn partition_lag(high_watermark: i64, position: i64) -> i64 {
+    if high_watermark < 0 || position < 0 {
+        0
+    } else {
+        (high_watermark - position).max(0)
+    }
+}
+
 /// Metrics of a [`crate::consumer::BatchConsumer`].
 #[derive(Debug, Clone)]
 pub struct ConsumerMetrics {
@@ -107,9 +117,30 @@ pub struct ConsumerMetrics {
     pub paused_partitions: IntGaugeVec,
     /// Fetch requests sent (`storepulse_kafka_fetch_requests_total`).
     pub fetch_requests: RequestCounter,
+    /// Records between this consumer's position and the end of its partitions, by
+    /// topic (`storepulse_consumer_lag_records`), from librdkafka's statistics.
+    pub lag: IntGaugeVec,
 }
 
 impl ConsumerMetrics {
+    /// Sets the lag gauge from `stats`: per topic (the deployment's `prefix`
+    /// removed), the sum over the partitions this member fetches of the high
+    /// watermark minus its position. Partitions whose position or end is not known
+    /// yet count 0. Offsets live in Postgres for some consumers, so the position is
+    /// the application's, not the committed offset.
+    pub fn observe_lag(&self, stats: &Statistics, prefix: &str) {
+        for (name, topic) in &stats.topics {
+            let lag: i64 = topic
+                .partitions
+                .values()
+                .filter(|p| p.partition >= 0 && p.fetch_state == "active")
+                .map(|p| partition_lag(p.hi_offset, p.app_offset))
+                .sum();
+            let base = name.strip_prefix(prefix).unwrap_or(name);
+            self.lag.with_label_values(&[base]).set(lag);
+        }
+    }
+
     pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
         let fetches = IntCounter::new(
             "kafka_fetch_requests_total",
@@ -152,12 +183,34 @@ impl ConsumerMetrics {
                 ),
                 &["topic"],
             )?,
+            lag: IntGaugeVec::new(
+                Opts::new(
+                    "consumer_lag_records",
+                    "Records between this member's position and the end of its assigned partitions, by topic",
+                ),
+                &["topic"],
+            )?,
         };
+        registry.register(Box::new(m.lag.clone()))?;
         registry.register(Box::new(m.paused_partitions.clone()))?;
         registry.register(Box::new(m.consumed.clone()))?;
         registry.register(Box::new(m.dead_lettered.clone()))?;
         registry.register(Box::new(m.batch_seconds.clone()))?;
         registry.register(Box::new(m.assigned_partitions.clone()))?;
         Ok(m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_is_records_from_position_to_end_and_zero_when_unknown() {
+        assert_eq!(partition_lag(120, 100), 20);
+        assert_eq!(partition_lag(100, 100), 0);
+        assert_eq!(partition_lag(-1, 100), 0, "end not known yet");
+        assert_eq!(partition_lag(100, -1001), 0, "position not known yet");
+        assert_eq!(partition_lag(90, 100), 0, "stale end after a fetch");
     }
 }

@@ -1,0 +1,146 @@
+"""The configuration each rendered StorePulse container gets from the Helm chart, and
+what the chart's values say it must contain: input of tests/deploy.rs, which loads
+each with the service's own loader (`storepulse config show SERVICE`) and checks that
+every key of the values reached the service.
+
+Prints a JSON list of cases:
+  {"case", "service", "container", "config_toml", "env": {name: value},
+   "claims": [{"path": [section, key, ...], "value": v, "from": "values key"}],
+   "expect_error": null | "text the loader's error must contain"}
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+
+import chart
+
+# What a secretKeyRef resolves to in the test (no cluster, no Secrets).
+SECRET_PLACEHOLDERS = {
+    "STOREPULSE_POSTGRES__URL": "postgres://storepulse@postgres-from-secret:5432/storepulse",
+    "KAFKA_SASL_USERNAME": "user-from-secret",
+    "KAFKA_SASL_PASSWORD": "password-from-secret",
+}
+REDACTED = "<redacted>"
+# Sections each service reads besides its own (see src/effective_config.rs).
+SHARED = {
+    "ingest": ["kafka", "postgres", "log"],
+    "compactor": ["kafka", "postgres", "log"],
+    "rules": ["kafka", "postgres", "log"],
+    "forecaster": ["kafka", "log"],
+    "notifier": ["kafka", "postgres", "log"],
+}
+
+
+def leaves(value, path=()):
+    """(path, value) of every scalar or list in a nested dict."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from leaves(v, path + (k,))
+    else:
+        yield path, value
+
+
+def expand(value: str, env: dict) -> str:
+    """Kubernetes' $(VAR) expansion of an env value from earlier variables."""
+    return re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m.group(1), m.group(0)), value)
+
+
+def container_env(container: dict) -> dict:
+    env = {}
+    for e in container.get("env", []):
+        if "value" in e:
+            env[e["name"]] = expand(str(e["value"]), env)
+        elif "valueFrom" in e:
+            env[e["name"]] = SECRET_PLACEHOLDERS.get(e["name"], f"secret-{e['name']}")
+    return env
+
+
+def env_claims(env: dict, values_key: str):
+    """A STOREPULSE_<SECTION>__<KEY> variable set in the values names a config key."""
+    for name, value in env.items():
+        if not name.startswith("STOREPULSE_") or name == "STOREPULSE_CONFIG":
+            continue
+        path = [p.lower() for p in name[len("STOREPULSE_"):].split("__")]
+        yield {"path": path, "value": value, "from": f"{values_key}.{name}"}
+
+
+def cases_for(case: str, values: dict, expect_error: str | None = None) -> list[dict]:
+    merged = chart.merged_values(values)
+    docs = chart.render(values)
+    configmaps = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ConfigMap"}
+    out = []
+    for d in docs:
+        if d["kind"] not in ("Deployment", "Job"):
+            continue
+        spec = d["spec"]["template"]["spec"]
+        cm_name = next(v["configMap"]["name"] for v in spec["volumes"] if v["name"] == "config")
+        config_toml = configmaps[cm_name]["data"]["storepulse.toml"]
+        for c in spec.get("initContainers", []) + spec["containers"]:
+            if d["kind"] == "Deployment":
+                service = c["args"][1]
+            else:
+                service = "compactor"  # topics + migrate read kafka, postgres, log
+            svc_values = merged["services"].get(service, {}) if d["kind"] == "Deployment" else {}
+            env = container_env(c)
+            claims = []
+            for section, sec_values in (merged.get("config") or {}).items():
+                if section not in SHARED[service] and section != service:
+                    continue
+                for path, v in leaves(sec_values):
+                    claims.append({"path": [section, *path], "value": v, "from": f"config.{section}.{'.'.join(path)}"})
+            if d["kind"] == "Deployment":
+                for path, v in leaves(svc_values.get("config") or {}):
+                    claims.append({"path": [service, *path], "value": v, "from": f"services.{service}.config.{'.'.join(path)}"})
+                claims.append({"path": [service, svc_values["listenKey"]], "value": f"0.0.0.0:{svc_values['port']}", "from": f"services.{service}.port"})
+                claims.extend(env_claims(svc_values.get("env") or {}, f"services.{service}.env"))
+                if service == "rules":
+                    claims.append({"path": ["rules", "rules_file"], "value": "/etc/storepulse/config/rules.toml", "from": "services.rules.rulesFile"})
+                if service == "notifier":
+                    claims.append({"path": ["notifier", "policy_file"], "value": "/etc/storepulse/config/policy.toml", "from": "services.notifier.policyFile"})
+            claims.append({"path": ["postgres", "url"], "value": SECRET_PLACEHOLDERS["STOREPULSE_POSTGRES__URL"], "from": "postgres.existingSecret"})
+            tls, sasl = merged["kafka"]["tls"], merged["kafka"]["sasl"]
+            protocol = {(True, True): "SASL_SSL", (True, False): "SSL", (False, True): "SASL_PLAINTEXT"}.get((tls["enabled"], sasl["enabled"]))
+            if protocol:
+                claims.append({"path": ["kafka", "properties", "security.protocol"], "value": protocol, "from": "kafka.tls/kafka.sasl"})
+            if sasl["enabled"]:
+                claims.append({"path": ["kafka", "properties", "sasl.mechanism"], "value": sasl["mechanism"], "from": "kafka.sasl.mechanism"})
+                claims.append({"path": ["kafka", "properties", "sasl.username"], "value": SECRET_PLACEHOLDERS["KAFKA_SASL_USERNAME"], "from": "kafka.sasl.usernameKey"})
+                claims.append({"path": ["kafka", "properties", "sasl.password"], "value": REDACTED, "from": "kafka.sasl.passwordKey"})
+            if tls["enabled"] and tls["existingSecret"]:
+                claims.append({"path": ["kafka", "properties", "ssl.ca.location"], "value": f"/etc/storepulse/kafka-tls/{tls['caKey']}", "from": "kafka.tls.caKey"})
+            if service not in SHARED or d["kind"] == "Job":
+                claims = [c for c in claims if c["path"][0] in SHARED["compactor"]]
+            else:
+                claims = [c for c in claims if c["path"][0] in SHARED[service] + [service]]
+            out.append({
+                "case": case,
+                "service": service,
+                "container": f"{d['kind']}/{d['metadata']['name']}/{c['name']}",
+                "config_toml": config_toml,
+                "env": env,
+                "claims": claims,
+                "expect_error": expect_error,
+            })
+    return out
+
+
+def main() -> None:
+    cases = []
+    for name in ("default", "dev", "prod"):
+        cases += cases_for(name, chart.values_file(name))
+    # Must fail: a misspelt key in a service's section never reaches it.
+    cases += [c for c in cases_for(
+        "typo", {"services": {"compactor": {"config": {"batch_max_record": 5000}}}}, expect_error="batch_max_record",
+    ) if c["service"] == "compactor" and c["container"].startswith("Deployment")]
+    # Must fail: a value of the wrong type.
+    cases += [c for c in cases_for(
+        "wrong-type", {"config": {"kafka": {"partitions": "many"}}}, expect_error="partitions",
+    ) if c["service"] == "ingest"]
+    json.dump(cases, sys.stdout, indent=1)
+
+
+if __name__ == "__main__":
+    main()
