@@ -20,7 +20,7 @@ async fn a_load_against_a_running_stack_counts_every_event_once() {
     let stack = TestStack::start("loadrun").await;
     let shutdown = CancellationToken::new();
     let ingest_url = support::start_ingest(&stack, shutdown.clone()).await;
-    let (_, compactor) = support::start_compactor(&stack, &shutdown, None, None).await;
+    let (ops, compactor) = support::start_compactor(&stack, &shutdown, None, None).await;
     let opts = LoadOptions {
         tenant_id: "loadtest".into(),
         stores: 7,

@@ -1,6 +1,7 @@
 -- Plain PostgreSQL only (decision 0008): the increments of pos_uptime_daily from the
--- heartbeats inserted by the same statement (CTE ins of insert_heartbeats.sql, which
--- this text continues). Minute masks combine with OR (migration 0005).
+-- heartbeats inserted: CTE ins of insert_heartbeats.sql (statement path), or exactly the
+-- heartbeats just copied, given as arrays (bulk path, decision 0012). This text
+-- continues either. Minute masks combine with OR (migration 0005).
 , new AS (
     SELECT i.*, d.day,
            set_bit(repeat('0', 1440)::bit(1440),

@@ -6,6 +6,7 @@
 //! store and applies the schema migrations at start. A crash at any point leaves no
 //! gap and no duplicate.
 
+pub mod bulk_copy;
 pub mod maintenance;
 pub mod retention;
 pub mod writer;

@@ -158,8 +158,11 @@ impl Relation {
     /// for the keys inserted (CTE `ins`), then the current-state relations kept from
     /// `ins` (both flavours); with `rollups`, the rollup increments from `ins` in the
     /// same statement (plain PostgreSQL, decision 0008). Selects the keys inserted.
-    fn insert_sql(self, rollups: bool) -> String {
-        let (raw, state, rollup) = match self {
+    /// The relation's insert statement (keys, rows, CTE `ins`), and what continues
+    /// from `ins`: the current-state relations, the rollups (plain PostgreSQL).
+    #[allow(clippy::type_complexity)]
+    fn parts(self) -> (&'static str, Option<&'static str>, Option<&'static str>) {
+        match self {
             Relation::Sales => (include_str!("../sql/insert_sales.sql"), None, None),
             Relation::Inventory => (
                 include_str!("../sql/insert_inventory.sql"),
@@ -192,7 +195,11 @@ impl Relation {
                 None,
                 None,
             ),
-        };
+        }
+    }
+
+    fn insert_sql(self, rollups: bool) -> String {
+        let (raw, state, rollup) = self.parts();
         compose(
             raw,
             [state, rollup.filter(|_| rollups)],
@@ -222,9 +229,68 @@ fn compose<'a>(
 #[derive(Debug)]
 struct Statements {
     insert: BTreeMap<Relation, String>,
-    sale_lines: String,
     forecast_days: String,
+    /// Bulk path (rows copied): what continues from the rows inserted, over exactly
+    /// those rows (`ins` given as arrays), by relation; none when nothing continues.
+    continue_from_copied: BTreeMap<Relation, String>,
+    /// Bulk path: what continues from the sale lines copied (the sales rollups).
+    continue_from_copied_lines: Option<String>,
 }
+
+/// The columns of CTE `ins` of a relation's insert statement (its `RETURNING` list),
+/// as arrays the bulk path passes: `WITH ins AS (SELECT * FROM unnest(...))`.
+fn copied_ins(columns: &[(&str, &str)]) -> String {
+    let arrays: Vec<String> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, (_, ty))| format!("${}::{ty}[]", i + 1))
+        .collect();
+    let names: Vec<&str> = columns.iter().map(|(n, _)| *n).collect();
+    format!(
+        "WITH ins AS (\n    SELECT * FROM unnest({}) AS u({})\n)",
+        arrays.join(", "),
+        names.join(", ")
+    )
+}
+
+/// `ins` of the statements the bulk path continues (see [`ins_params`]).
+const SENSOR_INS: [(&str, &str); 8] = [
+    ("tenant_id", "text"),
+    ("store_id", "text"),
+    ("event_id", "uuid"),
+    ("occurred_at", "timestamptz"),
+    ("device_id", "text"),
+    ("kind", "text"),
+    ("value", "float8"),
+    ("out_of_range", "bool"),
+];
+const HEARTBEAT_INS: [(&str, &str); 9] = [
+    ("tenant_id", "text"),
+    ("store_id", "text"),
+    ("event_id", "uuid"),
+    ("occurred_at", "timestamptz"),
+    ("terminal_id", "text"),
+    ("app_up", "bool"),
+    ("printer", "text"),
+    ("network", "text"),
+    ("software_version", "text"),
+];
+const KEY_INS: [(&str, &str); 3] = [
+    ("tenant_id", "text"),
+    ("store_id", "text"),
+    ("event_id", "uuid"),
+];
+const SALE_LINE_INS: [(&str, &str); 9] = [
+    ("event_id", "uuid"),
+    ("tenant_id", "text"),
+    ("store_id", "text"),
+    ("occurred_at", "timestamptz"),
+    ("sku", "text"),
+    ("quantity", "float8"),
+    ("unit_price_minor", "int8"),
+    ("kind", "text"),
+    ("currency", "text"),
+];
 
 impl Statements {
     fn new(rollups: bool) -> Self {
@@ -233,18 +299,70 @@ impl Statements {
                 .iter()
                 .map(|r| (*r, r.insert_sql(rollups)))
                 .collect(),
-            sale_lines: compose(
-                include_str!("../sql/insert_sale_lines.sql"),
-                [Some(include_str!("../sql/rollup_sale_lines.sql")).filter(|_| rollups)],
-                "SELECT count(*) FROM ins",
-            ),
             forecast_days: compose(
                 include_str!("../sql/insert_forecast_days.sql"),
                 [Some(include_str!("../sql/state_forecast_days.sql"))],
                 "SELECT count(*) FROM ins",
             ),
+            continue_from_copied: Relation::ALL
+                .iter()
+                .filter_map(|r| {
+                    let (_, state, rollup) = r.parts();
+                    let rollup = rollup.filter(|_| rollups);
+                    let ins = match r {
+                        Relation::Sensor => copied_ins(&SENSOR_INS),
+                        Relation::Heartbeats => copied_ins(&HEARTBEAT_INS),
+                        _ => copied_ins(&KEY_INS),
+                    };
+                    (state.is_some() || rollup.is_some())
+                        .then(|| (*r, compose(&ins, [state, rollup], "SELECT 1")))
+                })
+                .collect(),
+            continue_from_copied_lines: rollups.then(|| {
+                compose(
+                    &copied_ins(&SALE_LINE_INS),
+                    [Some(include_str!("../sql/rollup_sale_lines.sql"))],
+                    "SELECT 1",
+                )
+            }),
         }
     }
+}
+
+/// The arrays of `ins` ([`SENSOR_INS`], [`HEARTBEAT_INS`], [`KEY_INS`]) for rows the
+/// bulk path copied; `out_of_range` per row for sensor readings.
+fn ins_params(relation: Relation, rows: &[Row<'_>], out_of_range: &[bool]) -> Params {
+    let mut p: Params = vec![
+        Box::new(rows.iter().map(|r| r.key.0.clone()).collect::<Vec<_>>()),
+        Box::new(rows.iter().map(|r| r.key.1.clone()).collect::<Vec<_>>()),
+        Box::new(rows.iter().map(|r| r.key.2).collect::<Vec<Uuid>>()),
+    ];
+    let occurred = || {
+        Box::new(
+            rows.iter()
+                .map(|r| from_micros(r.at.item.body.envelope().occurred_at))
+                .collect::<Vec<DateTime<Utc>>>(),
+        )
+    };
+    match relation {
+        Relation::Sensor => {
+            p.push(occurred());
+            p.push(column(rows, |b| sr(b).map(|r| r.device_id.clone())));
+            p.push(column(rows, |b| sr(b).map(|r| r.kind.as_str())));
+            p.push(column(rows, |b| sr(b).map(|r| r.value)));
+            p.push(Box::new(out_of_range.to_vec()));
+        }
+        Relation::Heartbeats => {
+            p.push(occurred());
+            p.push(column(rows, |b| hb(b).map(|h| h.terminal_id.clone())));
+            p.push(column(rows, |b| hb(b).map(|h| h.app_up)));
+            p.push(column(rows, |b| hb(b).map(|h| h.printer.as_str())));
+            p.push(column(rows, |b| hb(b).map(|h| h.network.as_str())));
+            p.push(column(rows, |b| hb(b).map(|h| h.software_version.clone())));
+        }
+        _ => {}
+    }
+    p
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -495,6 +613,9 @@ pub struct ReadStoreWriter {
     skipped: IntCounterVec,
     /// `storepulse_compactor_event_id_conflicts_total{table}`.
     conflicts: IntCounterVec,
+    /// `storepulse_compactor_write_path_total{path}`: a relation's rows of a batch
+    /// went through `copy` (no key stored yet) or the `statement` path.
+    write_path: IntCounterVec,
     /// What the read store is, learnt from it at the first batch.
     layout: Option<Layout>,
 }
@@ -612,9 +733,17 @@ impl ReadStoreWriter {
             ),
             &["table"],
         )?;
+        let write_path = IntCounterVec::new(
+            Opts::new(
+                "compactor_write_path_total",
+                "Relations of a batch written by binary COPY (no key stored yet) or by the insert statement",
+            ),
+            &["path"],
+        )?;
         registry.register(Box::new(rows_written.clone()))?;
         registry.register(Box::new(skipped.clone()))?;
         registry.register(Box::new(conflicts.clone()))?;
+        registry.register(Box::new(write_path.clone()))?;
         Ok(Self {
             pool,
             codec,
@@ -622,6 +751,7 @@ impl ReadStoreWriter {
             rows_written,
             skipped,
             conflicts,
+            write_path,
             layout: None,
         })
     }
@@ -681,6 +811,114 @@ impl ReadStoreWriter {
         Ok(())
     }
 
+    /// The bulk path ([`crate::bulk_copy`]): copies the keys of `rows` into the ledger
+    /// and, if none was stored yet, the rows into their raw table, then runs what
+    /// continues from the rows inserted over exactly those rows. Returns the keys
+    /// inserted (all of them), or `None` if the statement path must write `rows`
+    /// (a key is stored already, or the relation is not copied).
+    async fn copy_relation(
+        &self,
+        tx: &Transaction<'_>,
+        statements: &Statements,
+        relation: Relation,
+        rows: &[Row<'_>],
+        standing: &mut HashMap<(Relation, EventKey), Option<Vec<u8>>>,
+    ) -> Result<Option<HashSet<EventKey>>, WriteError> {
+        use crate::bulk_copy::{self as bulk, Cell};
+        // Inventory stays on the statement path: its continuation (stock_on_hand)
+        // reads the store's stored changes, which must not include the batch's own
+        // rows — true within the insert statement, not after a copy.
+        let target = match relation {
+            Relation::Sensor => bulk::SENSOR_READINGS,
+            Relation::Heartbeats => bulk::POS_HEARTBEATS,
+            Relation::Sales => bulk::SALES,
+            _ => return Ok(None),
+        };
+        let keys: Vec<Vec<Cell<'_>>> = rows
+            .iter()
+            .map(|r| {
+                vec![
+                    Cell::Text(relation.table()),
+                    Cell::Text(&r.key.0),
+                    Cell::Text(&r.key.1),
+                    Cell::Uuid(r.key.2),
+                    Cell::Time(from_micros(r.at.item.body.envelope().occurred_at)),
+                    Cell::Bytes(&r.at.item.content_hash),
+                ]
+            })
+            .collect();
+        match bulk::copy_keys(tx, &keys).await {
+            Ok(_) => {}
+            Err(bulk::CopyRefused::KeyStored) => return Ok(None),
+            Err(bulk::CopyRefused::Postgres(e)) => return Err(e.into()),
+        }
+        let limits = match relation {
+            Relation::Sensor => Some(bulk::SensorLimits::read(tx).await?),
+            _ => None,
+        };
+        let mut out_of_range = Vec::new();
+        let mut cells: Vec<Vec<Cell<'_>>> = Vec::with_capacity(rows.len());
+        for r in rows {
+            let mut row = bulk::envelope_cells(r.key.2, r.at.item.body.envelope()).to_vec();
+            let hash = Cell::Bytes(&r.at.item.content_hash);
+            match &r.at.item.body {
+                RawBody::Sensor(s) => {
+                    let oor = limits.as_ref().is_some_and(|l| {
+                        l.out_of_range(s.kind.as_str(), s.appliance.as_deref(), s.value)
+                    });
+                    out_of_range.push(oor);
+                    row.extend([
+                        Cell::Text(&s.device_id),
+                        Cell::Text(s.kind.as_str()),
+                        Cell::F64(s.value),
+                        Cell::Text(s.unit.as_str()),
+                        Cell::OptText(s.appliance.as_deref()),
+                        hash,
+                        Cell::Bool(oor),
+                    ]);
+                }
+                RawBody::Heartbeat(h) => row.extend([
+                    Cell::Text(&h.terminal_id),
+                    Cell::Bool(h.app_up),
+                    Cell::Text(h.printer.as_str()),
+                    Cell::Text(h.network.as_str()),
+                    Cell::OptText(h.software_version.as_deref()),
+                    hash,
+                ]),
+                RawBody::Sale(s) => row.extend([
+                    Cell::Text(s.kind.as_str()),
+                    Cell::Text(&s.transaction_id),
+                    Cell::Text(&s.terminal_id),
+                    Cell::Text(&s.currency),
+                    Cell::I64(s.total_minor),
+                    Cell::OptText(s.original_transaction_id.as_deref()),
+                    hash,
+                ]),
+                _ => return Ok(None),
+            }
+            cells.push(row);
+        }
+        let copied = bulk::copy_rows(tx, &target, &cells).await?;
+        if let Some(sql) = statements.continue_from_copied.get(&relation) {
+            let stmt = tx.prepare_cached(sql).await?;
+            let params = ins_params(relation, rows, &out_of_range);
+            tx.execute(&stmt, &refs(&params)).await?;
+        }
+        self.rows_written
+            .with_label_values(&[relation.table()])
+            .inc_by(copied);
+        self.write_path.with_label_values(&["copy"]).inc();
+        let mut inserted = HashSet::with_capacity(rows.len());
+        for row in rows {
+            standing.insert(
+                (relation, row.key.clone()),
+                Some(row.at.item.content_hash.clone()),
+            );
+            inserted.insert(row.key.clone());
+        }
+        Ok(Some(inserted))
+    }
+
     /// Inserts `rows` into `relation`; returns the keys actually inserted and adds
     /// the rows whose key was stored with another payload to `conflicts`.
     #[allow(clippy::too_many_arguments)]
@@ -693,6 +931,7 @@ impl ReadStoreWriter {
         conflicts: &mut Vec<Conflict>,
         standing: &mut HashMap<(Relation, EventKey), Option<Vec<u8>>>,
     ) -> Result<HashSet<EventKey>, WriteError> {
+        self.write_path.with_label_values(&["statement"]).inc();
         let params = insert_params(relation, rows);
         let stmt = tx.prepare_cached(&statements.insert[&relation]).await?;
         let inserted: HashSet<EventKey> = tx
@@ -757,8 +996,8 @@ impl ReadStoreWriter {
         Ok(inserted)
     }
 
-    /// Inserts the lines of the sales that were inserted (never of a conflicting one)
-    /// and adds them to `sales_hourly` and `sales_daily` in the same statement.
+    /// Copies the lines of the sales that were inserted (never of a conflicting one)
+    /// and adds them to `sales_hourly` and `sales_daily` (plain PostgreSQL).
     async fn insert_lines(
         &self,
         tx: &Transaction<'_>,
@@ -766,58 +1005,43 @@ impl ReadStoreWriter {
         sales: &[Row<'_>],
         inserted: &HashSet<EventKey>,
     ) -> Result<(), WriteError> {
-        let mut ids = Vec::new();
-        let mut line_no = Vec::new();
-        let mut tenants = Vec::new();
-        let mut stores = Vec::new();
-        let mut occurred = Vec::new();
-        let mut skus = Vec::new();
-        let mut qty = Vec::new();
-        let mut price = Vec::new();
-        let mut kinds = Vec::new();
-        let mut currencies = Vec::new();
-        for row in sales.iter().filter(|r| inserted.contains(&r.key)) {
-            let RawBody::Sale(s) = &row.at.item.body else {
-                continue;
-            };
-            for (n, line) in s.lines.iter().enumerate() {
-                ids.push(row.key.2);
-                line_no.push(n as i32);
-                tenants.push(row.key.0.as_str());
-                stores.push(row.key.1.as_str());
-                occurred.push(from_micros(s.envelope.occurred_at));
-                skus.push(line.sku.as_str());
-                qty.push(line.quantity);
-                price.push(line.unit_price_minor);
-                kinds.push(s.kind.as_str());
-                currencies.push(s.currency.as_str());
-            }
-        }
-        if ids.is_empty() {
+        let sales: Vec<(Uuid, &SaleTransaction)> = sales
+            .iter()
+            .filter(|r| inserted.contains(&r.key))
+            .filter_map(|r| sale(&r.at.item.body).map(|s| (r.key.2, s)))
+            .filter(|(_, s)| !s.lines.is_empty())
+            .collect();
+        if sales.is_empty() {
             return Ok(());
         }
-        let stmt = tx.prepare_cached(&statements.sale_lines).await?;
-        let n: i64 = tx
-            .query_one(
-                &stmt,
-                &[
-                    &ids,
-                    &line_no,
-                    &tenants,
-                    &stores,
-                    &occurred,
-                    &skus,
-                    &qty,
-                    &price,
-                    &kinds,
-                    &currencies,
-                ],
-            )
-            .await?
-            .get(0);
+        let rows: Vec<_> = sales
+            .iter()
+            .flat_map(|(id, s)| crate::bulk_copy::sale_line_rows(*id, s))
+            .collect();
+        let n = crate::bulk_copy::copy_rows(tx, &crate::bulk_copy::SALE_LINES, &rows).await?;
+        if let Some(sql) = &statements.continue_from_copied_lines {
+            let lines = || sales.iter().flat_map(|(id, s)| s.lines.iter().map(move |l| (*id, *s, l)));
+            let params: Params = vec![
+                Box::new(lines().map(|(id, _, _)| id).collect::<Vec<Uuid>>()),
+                Box::new(lines().map(|(_, s, _)| s.envelope.tenant_id.clone()).collect::<Vec<_>>()),
+                Box::new(lines().map(|(_, s, _)| s.envelope.store_id.clone()).collect::<Vec<_>>()),
+                Box::new(
+                    lines()
+                        .map(|(_, s, _)| from_micros(s.envelope.occurred_at))
+                        .collect::<Vec<DateTime<Utc>>>(),
+                ),
+                Box::new(lines().map(|(_, _, l)| l.sku.clone()).collect::<Vec<_>>()),
+                Box::new(lines().map(|(_, _, l)| l.quantity).collect::<Vec<f64>>()),
+                Box::new(lines().map(|(_, _, l)| l.unit_price_minor).collect::<Vec<i64>>()),
+                Box::new(lines().map(|(_, s, _)| s.kind.as_str()).collect::<Vec<_>>()),
+                Box::new(lines().map(|(_, s, _)| s.currency.clone()).collect::<Vec<_>>()),
+            ];
+            let stmt = tx.prepare_cached(sql).await?;
+            tx.execute(&stmt, &refs(&params)).await?;
+        }
         self.rows_written
             .with_label_values(&["sale_lines"])
-            .inc_by(n.unsigned_abs());
+            .inc_by(n);
         Ok(())
     }
 
@@ -1163,16 +1387,23 @@ impl ReadStoreWriter {
                 // stock_on_hand reads the store's stored changes.
                 self.lock_stores(&tx, rows).await?;
             }
-            let inserted = self
-                .insert(
-                    &tx,
-                    &layout.statements,
-                    relation,
-                    rows,
-                    &mut conflicts,
-                    &mut standing,
-                )
+            let copied = self
+                .copy_relation(&tx, &layout.statements, relation, rows, &mut standing)
                 .await?;
+            let inserted = match copied {
+                Some(inserted) => inserted,
+                None => {
+                    self.insert(
+                        &tx,
+                        &layout.statements,
+                        relation,
+                        rows,
+                        &mut conflicts,
+                        &mut standing,
+                    )
+                    .await?
+                }
+            };
             match relation {
                 Relation::Sales => {
                     self.insert_lines(&tx, &layout.statements, rows, &inserted)
