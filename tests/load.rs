@@ -69,6 +69,26 @@ async fn a_load_against_a_running_stack_counts_every_event_once() {
         7,
         "every store posted"
     );
+    // Fresh keys only: every relation of every batch went through the bulk (COPY)
+    // path, none through the insert statement.
+    let metrics = reqwest::get(format!("{ops}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("body");
+    let path = |p: &str| {
+        metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("storepulse_compactor_write_path_total")
+                    && l.contains(&format!("path=\"{p}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    assert!(path("copy") > 0.0, "{metrics}");
+    assert_eq!(path("statement"), 0.0, "{metrics}");
     shutdown.cancel();
     compactor
         .await

@@ -217,21 +217,24 @@ pub fn envelope_cells<'a>(id: Uuid, e: &'a Envelope) -> [Cell<'a>; 6] {
 
 /// The `sale_lines` rows of a sale, in [`SALE_LINES`] order.
 pub fn sale_line_rows(id: Uuid, s: &SaleTransaction) -> Vec<Vec<Cell<'_>>> {
-    s.lines.iter().enumerate().map(|(n, l)| {
-        vec![
-            Cell::Uuid(id),
-            Cell::I32(n as i32),
-            Cell::Text(&s.envelope.tenant_id),
-            Cell::Text(&s.envelope.store_id),
-            Cell::Time(from_micros(s.envelope.occurred_at)),
-            Cell::Text(&l.sku),
-            Cell::F64(l.quantity),
-            Cell::I64(l.unit_price_minor),
-            Cell::Text(s.kind.as_str()),
-            Cell::Text(&s.currency),
-        ]
-    })
-    .collect()
+    s.lines
+        .iter()
+        .enumerate()
+        .map(|(n, l)| {
+            vec![
+                Cell::Uuid(id),
+                Cell::I32(n as i32),
+                Cell::Text(&s.envelope.tenant_id),
+                Cell::Text(&s.envelope.store_id),
+                Cell::Time(from_micros(s.envelope.occurred_at)),
+                Cell::Text(&l.sku),
+                Cell::F64(l.quantity),
+                Cell::I64(l.unit_price_minor),
+                Cell::Text(s.kind.as_str()),
+                Cell::Text(&s.currency),
+            ]
+        })
+        .collect()
 }
 
 /// Why a copy into the ledger did not go through.
@@ -323,10 +326,22 @@ mod tests {
         l.limits
             .insert(("temperature".into(), "*".into()), (-60.0, 30.0));
         assert!(l.out_of_range("temperature", Some("fridge"), 9.0));
-        assert!(!l.out_of_range("temperature", Some("fridge"), 8.0), "bounds are in range");
-        assert!(!l.out_of_range("temperature", Some("cellar"), 9.0), "falls back to '*'");
-        assert!(l.out_of_range("temperature", None, 31.0), "no appliance: '*'");
-        assert!(!l.out_of_range("humidity", Some("fridge"), 1e9), "no limits: never");
+        assert!(
+            !l.out_of_range("temperature", Some("fridge"), 8.0),
+            "bounds are in range"
+        );
+        assert!(
+            !l.out_of_range("temperature", Some("cellar"), 9.0),
+            "falls back to '*'"
+        );
+        assert!(
+            l.out_of_range("temperature", None, 31.0),
+            "no appliance: '*'"
+        );
+        assert!(
+            !l.out_of_range("humidity", Some("fridge"), 1e9),
+            "no limits: never"
+        );
     }
 
     #[test]

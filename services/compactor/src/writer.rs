@@ -1020,11 +1020,23 @@ impl ReadStoreWriter {
             .collect();
         let n = crate::bulk_copy::copy_rows(tx, &crate::bulk_copy::SALE_LINES, &rows).await?;
         if let Some(sql) = &statements.continue_from_copied_lines {
-            let lines = || sales.iter().flat_map(|(id, s)| s.lines.iter().map(move |l| (*id, *s, l)));
+            let lines = || {
+                sales
+                    .iter()
+                    .flat_map(|(id, s)| s.lines.iter().map(move |l| (*id, *s, l)))
+            };
             let params: Params = vec![
                 Box::new(lines().map(|(id, _, _)| id).collect::<Vec<Uuid>>()),
-                Box::new(lines().map(|(_, s, _)| s.envelope.tenant_id.clone()).collect::<Vec<_>>()),
-                Box::new(lines().map(|(_, s, _)| s.envelope.store_id.clone()).collect::<Vec<_>>()),
+                Box::new(
+                    lines()
+                        .map(|(_, s, _)| s.envelope.tenant_id.clone())
+                        .collect::<Vec<_>>(),
+                ),
+                Box::new(
+                    lines()
+                        .map(|(_, s, _)| s.envelope.store_id.clone())
+                        .collect::<Vec<_>>(),
+                ),
                 Box::new(
                     lines()
                         .map(|(_, s, _)| from_micros(s.envelope.occurred_at))
@@ -1032,9 +1044,17 @@ impl ReadStoreWriter {
                 ),
                 Box::new(lines().map(|(_, _, l)| l.sku.clone()).collect::<Vec<_>>()),
                 Box::new(lines().map(|(_, _, l)| l.quantity).collect::<Vec<f64>>()),
-                Box::new(lines().map(|(_, _, l)| l.unit_price_minor).collect::<Vec<i64>>()),
+                Box::new(
+                    lines()
+                        .map(|(_, _, l)| l.unit_price_minor)
+                        .collect::<Vec<i64>>(),
+                ),
                 Box::new(lines().map(|(_, s, _)| s.kind.as_str()).collect::<Vec<_>>()),
-                Box::new(lines().map(|(_, s, _)| s.currency.clone()).collect::<Vec<_>>()),
+                Box::new(
+                    lines()
+                        .map(|(_, s, _)| s.currency.clone())
+                        .collect::<Vec<_>>(),
+                ),
             ];
             let stmt = tx.prepare_cached(sql).await?;
             tx.execute(&stmt, &refs(&params)).await?;
