@@ -70,25 +70,32 @@ async fn a_load_against_a_running_stack_counts_every_event_once() {
         "every store posted"
     );
     // Fresh keys only: every relation of every batch went through the bulk (COPY)
-    // path, none through the insert statement.
+    // path — but inventory changes, which always take the insert statement (their
+    // stock_on_hand reads the store's stored changes; decision 0015).
     let metrics = reqwest::get(format!("{ops}/metrics"))
         .await
         .expect("metrics")
         .text()
         .await
         .expect("body");
-    let path = |p: &str| {
+    let path = |p: &str, table: &dyn Fn(&str) -> bool| {
         metrics
             .lines()
             .filter(|l| {
                 l.starts_with("storepulse_compactor_write_path_total")
                     && l.contains(&format!("path=\"{p}\""))
+                    && table(l)
             })
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum::<f64>()
     };
-    assert!(path("copy") > 0.0, "{metrics}");
-    assert_eq!(path("statement"), 0.0, "{metrics}");
+    let inventory = |l: &str| l.contains("table=\"inventory_changes\"");
+    for table in ["sensor_readings", "pos_heartbeats", "sales"] {
+        let of = |l: &str| l.contains(&format!("table=\"{table}\""));
+        assert!(path("copy", &of) > 0.0, "{table}: {metrics}");
+    }
+    assert_eq!(path("statement", &|l| !inventory(l)), 0.0, "{metrics}");
+    assert_eq!(path("copy", &inventory), 0.0, "{metrics}");
     shutdown.cancel();
     compactor
         .await

@@ -613,7 +613,7 @@ pub struct ReadStoreWriter {
     skipped: IntCounterVec,
     /// `storepulse_compactor_event_id_conflicts_total{table}`.
     conflicts: IntCounterVec,
-    /// `storepulse_compactor_write_path_total{path}`: a relation's rows of a batch
+    /// `storepulse_compactor_write_path_total{table, path}`: a relation's rows of a batch
     /// went through `copy` (no key stored yet) or the `statement` path.
     write_path: IntCounterVec,
     /// What the read store is, learnt from it at the first batch.
@@ -738,7 +738,7 @@ impl ReadStoreWriter {
                 "compactor_write_path_total",
                 "Relations of a batch written by binary COPY (no key stored yet) or by the insert statement",
             ),
-            &["path"],
+            &["table", "path"],
         )?;
         registry.register(Box::new(rows_written.clone()))?;
         registry.register(Box::new(skipped.clone()))?;
@@ -907,7 +907,9 @@ impl ReadStoreWriter {
         self.rows_written
             .with_label_values(&[relation.table()])
             .inc_by(copied);
-        self.write_path.with_label_values(&["copy"]).inc();
+        self.write_path
+            .with_label_values(&[relation.table(), "copy"])
+            .inc();
         let mut inserted = HashSet::with_capacity(rows.len());
         for row in rows {
             standing.insert(
@@ -931,7 +933,9 @@ impl ReadStoreWriter {
         conflicts: &mut Vec<Conflict>,
         standing: &mut HashMap<(Relation, EventKey), Option<Vec<u8>>>,
     ) -> Result<HashSet<EventKey>, WriteError> {
-        self.write_path.with_label_values(&["statement"]).inc();
+        self.write_path
+            .with_label_values(&[relation.table(), "statement"])
+            .inc();
         let params = insert_params(relation, rows);
         let stmt = tx.prepare_cached(&statements.insert[&relation]).await?;
         let inserted: HashSet<EventKey> = tx
