@@ -71,7 +71,7 @@ async fn a_load_against_a_running_stack_counts_every_event_once() {
     );
     // Fresh keys only: every relation of every batch went through the bulk (COPY)
     // path — but inventory changes, which always take the insert statement (their
-    // stock_on_hand reads the store's stored changes; decision 0015).
+    // stock_on_hand reads the store's stored changes; decision 0016).
     let metrics = reqwest::get(format!("{ops}/metrics"))
         .await
         .expect("metrics")

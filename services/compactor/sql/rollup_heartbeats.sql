@@ -1,6 +1,6 @@
 -- Plain PostgreSQL only (decision 0008): the increments of pos_uptime_daily from the
 -- heartbeats inserted: CTE ins of insert_heartbeats.sql (statement path), or exactly the
--- heartbeats just copied, given as arrays (bulk path, decision 0015). This text
+-- heartbeats just copied, given as arrays (bulk path, decision 0016). This text
 -- continues either. Minute masks combine with OR (migration 0005).
 , new AS (
     SELECT i.*, d.day,

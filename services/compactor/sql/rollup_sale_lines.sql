@@ -1,6 +1,6 @@
 -- Plain PostgreSQL only (decision 0008): the increments of sales_hourly and sales_daily
 -- from the lines just copied into sale_lines (CTE ins: exactly those lines, given as
--- arrays by the writer; decision 0015), which this text continues.
+-- arrays by the writer; decision 0016), which this text continues.
 , new AS (
     SELECT tenant_id, store_id, sku, currency, kind, event_id,
            date_trunc('hour', occurred_at, 'UTC') AS hour,

@@ -1,7 +1,7 @@
 -- Plain PostgreSQL only (decision 0008): the increments of sensor_stats_5m and
 -- sensor_stats_hourly from the readings inserted: CTE ins of insert_sensor_readings.sql
 -- (statement path), or exactly the readings just copied, given as arrays (bulk path,
--- decision 0015). This text continues either.
+-- decision 0016). This text continues either.
 , new AS (
     SELECT tenant_id, store_id, device_id, kind, value, out_of_range,
            date_bin('5 minutes', occurred_at, timestamptz '2000-01-01 00:00:00+00') AS five,
