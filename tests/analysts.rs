@@ -119,10 +119,15 @@ async fn only_its_tenant(flavour: Flavour) {
                 mean: 1.0,
                 lower: 0.0,
                 upper: 2.0,
+                wide_lower: None,
+                wide_upper: None,
             }],
             on_hand: None,
             days_of_cover: None,
             stock_out_probability: None,
+            wide_interval_level: None,
+            lead_time_days: None,
+            backtest: None,
         });
         feed.push(&InventoryChange {
             envelope: Envelope {

@@ -137,11 +137,16 @@ async fn alerts_forecasts_outcomes(
                     mean: 2.0 + d as f64,
                     lower: 1.0,
                     upper: 9.0 + d as f64,
+                    wide_lower: None,
+                    wide_upper: None,
                 })
                 .collect(),
             on_hand: Some(12.0),
             days_of_cover: Some(2.5),
             stock_out_probability: Some(0.4),
+            wide_interval_level: None,
+            lead_time_days: None,
+            backtest: None,
         },
     )
     .await;

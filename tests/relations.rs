@@ -88,11 +88,16 @@ fn forecast(env: Envelope, sku: &str, first_day: &str, means: &[f64]) -> DemandF
                 mean: *m,
                 lower: m * 0.5,
                 upper: m * 1.5,
+                wide_lower: None,
+                wide_upper: None,
             })
             .collect(),
         on_hand: Some(40.0),
         days_of_cover: Some(3.5),
         stock_out_probability: Some(0.25),
+        wide_interval_level: None,
+        lead_time_days: None,
+        backtest: None,
     }
 }
 

@@ -896,11 +896,16 @@ fn publish(w: &Workload) -> Vec<Logged> {
                             mean: f64::from(*m) / 10.0,
                             lower: f64::from(*m) / 20.0,
                             upper: f64::from(*m) / 5.0,
+                            wide_lower: None,
+                            wide_upper: None,
                         })
                         .collect(),
                     on_hand: None,
                     days_of_cover: None,
                     stock_out_probability: None,
+                    wide_interval_level: None,
+                    lead_time_days: None,
+                    backtest: None,
                 })
             }
             Spec::Outcome {

@@ -148,10 +148,15 @@ pub fn cover(store: &str, sku: &str, at: i64, days: f64) -> Rec {
             mean: 1.0,
             lower: 0.5,
             upper: 1.5,
+            wide_lower: None,
+            wide_upper: None,
         }],
         on_hand: None,
         days_of_cover: Some(days),
         stock_out_probability: None,
+        wide_interval_level: None,
+        lead_time_days: None,
+        backtest: None,
     })
 }
 

@@ -656,7 +656,10 @@ mod tests {
         // new file and 810fdda769e9af60 for schemas/history/alert_transition.v1.0.avsc.
         assert_eq!(wire::<AlertTransition>(), "7c028058e15ed3a8");
         assert_eq!(hex_string(&fingerprint(&v1_0[1])), "810fdda769e9af60");
-        assert_eq!(wire::<DemandForecast>(), "ccf0055463cd4699");
+        // 1.1 added wide intervals, lead_time_days and backtest; fastavro computes
+        // c0b769dd7c9c1f26 for the new file and ccf0055463cd4699 for schemas/history/demand_forecast.v1.0.avsc.
+        assert_eq!(wire::<DemandForecast>(), "c0b769dd7c9c1f26");
+        assert_eq!(hex_string(&fingerprint(&v1_0[2])), "ccf0055463cd4699");
         assert_eq!(wire::<NotificationOutcome>(), "39496ea048fe0913");
 
         let bytes = AvroCodec::new().encode(&sale(3)).expect("encode");
@@ -928,11 +931,16 @@ mod tests {
                                 mean,
                                 lower: mean - 1.0,
                                 upper: mean + 1.0,
+                                wide_lower: None,
+                                wide_upper: None,
                             })
                             .collect(),
                         on_hand: optionals.then_some(12.0),
                         days_of_cover: optionals.then_some(3.5),
                         stock_out_probability: optionals.then_some(0.25),
+                        wide_interval_level: None,
+                        lead_time_days: None,
+                        backtest: None,
                     },
                 );
             }

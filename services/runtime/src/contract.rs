@@ -362,7 +362,9 @@ impl RecordContract for DemandForecast {
     /// Identifier texts; `interval_level` in (0, 1); 1 to [`MAX_FORECAST_DAYS`] days,
     /// each date once and in [`YEARS`], with finite `0 <= lower <= mean <= upper`
     /// (demand is never negative); `on_hand` finite, `days_of_cover` finite and
-    /// >= 0, `stock_out_probability` in [0, 1], when given.
+    /// >= 0, `stock_out_probability` in [0, 1], when given; the wide interval, when
+    /// given, on every day, around the narrow one, at a level above it; `lead_time_days`
+    /// 1..=366; backtest errors finite and non-negative, sMAPE at most 200.
     fn check_body(&self) -> Result<(), Rejection> {
         check_text("sku", &self.sku)?;
         check_text("method", &self.method)?;
@@ -402,6 +404,28 @@ impl RecordContract for DemandForecast {
                     ),
                 ));
             }
+            match (d.wide_lower, d.wide_upper) {
+                (None, None) => {}
+                (Some(wl), Some(wu)) => {
+                    finite(&format!("days[{i}].wide_lower"), wl)?;
+                    finite(&format!("days[{i}].wide_upper"), wu)?;
+                    if !(0.0 <= wl && wl <= d.lower && d.upper <= wu) {
+                        return Err(Rejection::field(
+                            format!("days[{i}]"),
+                            format!(
+                                "must satisfy 0 <= wide_lower <= lower and upper <= wide_upper, got {wl} / {} / {} / {wu}",
+                                d.lower, d.upper
+                            ),
+                        ));
+                    }
+                }
+                _ => {
+                    return Err(Rejection::field(
+                        format!("days[{i}]"),
+                        "wide_lower and wide_upper come together",
+                    ));
+                }
+            }
         }
         if let Some(v) = self.on_hand {
             finite("on_hand", v)?;
@@ -419,6 +443,59 @@ impl RecordContract for DemandForecast {
                 "stock_out_probability",
                 "must be a probability in 0..1",
             ));
+        }
+        if let Some(w) = self.wide_interval_level
+            && !(w > self.interval_level && w < 1.0)
+        {
+            return Err(Rejection::field(
+                "wide_interval_level",
+                "must be a coverage above interval_level and below 1",
+            ));
+        }
+        let wide_days = self.days.iter().filter(|d| d.wide_lower.is_some()).count();
+        let expected = if self.wide_interval_level.is_some() {
+            self.days.len()
+        } else {
+            0
+        };
+        if wide_days != expected {
+            return Err(Rejection::field(
+                "wide_interval_level",
+                "is given exactly when days carry wide_lower/wide_upper",
+            ));
+        }
+        if let Some(l) = self.lead_time_days
+            && !(1..=MAX_FORECAST_DAYS as i32).contains(&l)
+        {
+            return Err(Rejection::field(
+                "lead_time_days",
+                format!("must be 1..={MAX_FORECAST_DAYS}"),
+            ));
+        }
+        if let Some(b) = &self.backtest {
+            finite("backtest.mase", b.mase)?;
+            finite("backtest.smape", b.smape)?;
+            if b.mase < 0.0 {
+                return Err(Rejection::field("backtest.mase", "must be >= 0"));
+            }
+            if !(0.0..=200.0).contains(&b.smape) {
+                return Err(Rejection::field(
+                    "backtest.smape",
+                    "must be a percentage in 0..200",
+                ));
+            }
+            if let Some(m) = b.baseline_mase {
+                finite("backtest.baseline_mase", m)?;
+                if m < 0.0 {
+                    return Err(Rejection::field("backtest.baseline_mase", "must be >= 0"));
+                }
+            }
+            if b.origins < 1 || b.history_days < 1 {
+                return Err(Rejection::field(
+                    "backtest",
+                    "origins and history_days must be >= 1",
+                ));
+            }
         }
         Ok(())
     }
@@ -565,5 +642,61 @@ mod tests {
         assert_eq!(total_minor(&[(333, 199); 3]), Some(199)); // 198.801 -> 199
         assert_eq!(total_minor(&[(1500, 3)]), Some(5)); // 4.5 -> 5
         assert_eq!(total_minor(&[(1_000_000_000, i64::MAX)]), None);
+    }
+    #[test]
+    fn a_forecast_carries_nested_intervals_and_sane_backtest_errors() {
+        let day = |date: i32| crate::records::ForecastDay {
+            date,
+            mean: 5.0,
+            lower: 3.0,
+            upper: 7.0,
+            wide_lower: Some(2.0),
+            wide_upper: Some(9.0),
+        };
+        let f = DemandForecast {
+            envelope: envelope(),
+            sku: "milk".into(),
+            method: "holt-winters".into(),
+            interval_level: 0.8,
+            days: vec![day(20_000), day(20_001)],
+            on_hand: Some(12.0),
+            days_of_cover: Some(2.4),
+            stock_out_probability: Some(0.3),
+            wide_interval_level: Some(0.95),
+            lead_time_days: Some(7),
+            backtest: Some(crate::records::ForecastBacktest {
+                mase: 0.8,
+                smape: 40.0,
+                baseline_mase: Some(1.0),
+                origins: 3,
+                history_days: 120,
+            }),
+        };
+        assert!(f.check_body().is_ok());
+        let mut x = f.clone();
+        x.days[1].wide_lower = Some(3.5);
+        assert_eq!(field(x.check_body()), "days[1]");
+        let mut x = f.clone();
+        x.days[0].wide_upper = None;
+        assert_eq!(field(x.check_body()), "days[0]");
+        let mut x = f.clone();
+        x.wide_interval_level = Some(0.7);
+        assert_eq!(field(x.check_body()), "wide_interval_level");
+        let mut x = f.clone();
+        x.wide_interval_level = None;
+        assert_eq!(field(x.check_body()), "wide_interval_level");
+        let mut x = f.clone();
+        x.lead_time_days = Some(0);
+        assert_eq!(field(x.check_body()), "lead_time_days");
+        let mut x = f.clone();
+        if let Some(b) = x.backtest.as_mut() {
+            b.mase = f64::NAN;
+        }
+        assert_eq!(field(x.check_body()), "backtest.mase");
+        let mut x = f;
+        if let Some(b) = x.backtest.as_mut() {
+            b.smape = 250.0;
+        }
+        assert_eq!(field(x.check_body()), "backtest.smape");
     }
 }

@@ -329,6 +329,24 @@ pub struct ForecastDay {
     pub mean: f64,
     pub lower: f64,
     pub upper: f64,
+    /// Lower end of the wide interval (added in v1.1).
+    #[serde(default)]
+    pub wide_lower: Option<f64>,
+    /// Upper end of the wide interval (added in v1.1).
+    #[serde(default)]
+    pub wide_upper: Option<f64>,
+}
+
+/// Rolling-origin backtest of a forecast's method (added in v1.1).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "storepulse.v1")]
+pub struct ForecastBacktest {
+    pub mase: f64,
+    pub smape: f64,
+    #[serde(default)]
+    pub baseline_mase: Option<f64>,
+    pub origins: i32,
+    pub history_days: i32,
 }
 
 /// forecasts.v1: demand forecast of one SKU in one store.
@@ -343,6 +361,15 @@ pub struct DemandForecast {
     pub on_hand: Option<f64>,
     pub days_of_cover: Option<f64>,
     pub stock_out_probability: Option<f64>,
+    /// Coverage of the days' `wide_lower..wide_upper` (added in v1.1).
+    #[serde(default)]
+    pub wide_interval_level: Option<f64>,
+    /// Days `stock_out_probability` looks ahead (added in v1.1).
+    #[serde(default)]
+    pub lead_time_days: Option<i32>,
+    /// How the method scored on the series' history (added in v1.1).
+    #[serde(default)]
+    pub backtest: Option<ForecastBacktest>,
 }
 record!(DemandForecast, "demand_forecast.avsc", topic::FORECASTS);
 
@@ -415,6 +442,7 @@ pub fn historical_schemas() -> Vec<Schema> {
     [
         include_str!("../../../schemas/history/rejected_record.v1.0.avsc"),
         include_str!("../../../schemas/history/alert_transition.v1.0.avsc"),
+        include_str!("../../../schemas/history/demand_forecast.v1.0.avsc"),
     ]
     .iter()
     .filter_map(|text| Schema::parse_str(text).ok())

@@ -275,12 +275,16 @@ fn fastavro_reads_and_writes_every_topic_record() {
                         mean: 10.5,
                         lower: 8.0,
                         upper: 13.0,
+                        wide_lower: Some(6.5),
+                        wide_upper: Some(15.0),
                     },
                     ForecastDay {
                         date: -1,
                         mean: 0.0,
                         lower: 0.0,
                         upper: 0.25,
+                        wide_lower: None,
+                        wide_upper: None,
                     },
                 ]
             } else {
@@ -289,6 +293,15 @@ fn fastavro_reads_and_writes_every_topic_record() {
             on_hand: some.then_some(12.0),
             days_of_cover: some.then_some(1.5),
             stock_out_probability: some.then_some(0.125),
+            wide_interval_level: some.then_some(0.95),
+            lead_time_days: some.then_some(7),
+            backtest: some.then_some(ForecastBacktest {
+                mase: 0.75,
+                smape: 31.5,
+                baseline_mase: Some(1.0),
+                origins: 3,
+                history_days: 365,
+            }),
         }),
         &[],
     );
