@@ -268,34 +268,48 @@ pub async fn run(opts: DevOptions, shutdown: CancellationToken) -> anyhow::Resul
         "alerts-tail",
         print_alerts(kafka_cfg.clone(), services.clone()),
     );
-    let shell = |kafka: &KafkaConfig| ShellConfig {
-        kafka: kafka.clone(),
+    // The forecaster scans often in dev so forecasts show within seconds.
+    let forecaster_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let forecaster_addr = forecaster_listener.local_addr()?;
+    let forecaster_cfg = storepulse_forecaster::ForecasterConfig {
+        kafka: kafka_cfg.clone(),
+        postgres: postgres.clone(),
+        log: log.clone(),
+        forecaster: storepulse_forecaster::ForecasterSettings {
+            scan_interval_ms: 2_000,
+            refresh_after_lines: 20,
+            min_republish_secs: 60,
+            ..Default::default()
+        },
+    };
+    spawn_service(
+        &mut running,
+        "forecaster",
+        storepulse_forecaster::run_with_listener(
+            forecaster_cfg,
+            forecaster_listener,
+            services.clone(),
+        ),
+    );
+    // The notifier needs a policy file and receivers: dev shows its ops endpoints
+    // only (run it with `storepulse run notifier`).
+    let notifier_cfg = ShellConfig {
+        kafka: kafka_cfg.clone(),
         log: log.clone(),
         ops: OpsSettings::listening_on("127.0.0.1:0"),
     };
-    for (name, l) in [
-        (
-            "forecaster",
-            tokio::net::TcpListener::bind("127.0.0.1:0").await?,
-        ),
-        (
+    let notifier_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let token = services.clone();
+    spawn_service(&mut running, "notifier", async move {
+        storepulse_runtime::service_shell::run_shell(
             "notifier",
-            tokio::net::TcpListener::bind("127.0.0.1:0").await?,
-        ),
-    ] {
-        let cfg = shell(&kafka_cfg);
-        let token = services.clone();
-        spawn_service(&mut running, name, async move {
-            match name {
-                "forecaster" => storepulse_forecaster::run_with_listener(cfg, l, token).await,
-                // The notifier needs a policy file and receivers: dev shows its
-                // ops endpoints only (run it with `storepulse run notifier`).
-                _ => storepulse_runtime::service_shell::run_shell("notifier", &cfg, l, token)
-                    .await
-                    .map_err(anyhow::Error::from),
-            }
-        });
-    }
+            &notifier_cfg,
+            notifier_listener,
+            token,
+        )
+        .await
+        .map_err(anyhow::Error::from)
+    });
 
     let mut sim = Simulator::new(SimConfig {
         tenant_id: opts.tenant_id.clone(),
@@ -327,6 +341,9 @@ pub async fn run(opts: DevOptions, shutdown: CancellationToken) -> anyhow::Resul
     println!("  Postgres   : psql {database_url}");
     println!("  broker     : {}", kafka_cfg.brokers);
     println!("  compactor  : http://{compactor_addr}/metrics");
+    println!(
+        "  forecaster : http://{forecaster_addr}/metrics   (forecasts: forecast_daily in Postgres)"
+    );
     println!(
         "  rules      : {} (edit it: reloaded live)   metrics: http://{rules_addr}/metrics",
         rules_file.display()

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use storepulse_runtime::records::*;
-use storepulse_runtime::service_shell::ShellConfig;
 use storepulse_runtime::{AvroCodec, db};
 use support::{TestStack, eventually};
 use tokio_util::sync::CancellationToken;
@@ -124,11 +123,10 @@ async fn a_poison_record_is_dead_lettered_and_the_partition_moves_on() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn service_shells_serve_ops_endpoints_and_stop_on_request() {
+async fn the_forecaster_serves_ops_endpoints_and_stops_on_request() {
     let stack = TestStack::start("shells").await;
     let client = reqwest::Client::new();
-    // The notifier and the rules are working services now (tests/notifier.rs,
-    // tests/rules.rs).
+    // Every service works now; the forecaster's processing is in tests/forecaster.rs.
     for service in ["forecaster"] {
         let shutdown = CancellationToken::new();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -136,11 +134,11 @@ async fn service_shells_serve_ops_endpoints_and_stop_on_request() {
             .expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
         let src = storepulse_runtime::ConfigSource::from_toml(&format!(
-            "[kafka]\nbrokers = \"{}\"\n[{service}]\nhttp_listen = \"127.0.0.1:0\"\n",
-            stack.kafka.brokers
+            "[kafka]\nbrokers = \"{}\"\n[postgres]\nurl = \"{}\"\n[{service}]\nhttp_listen = \"127.0.0.1:0\"\n",
+            stack.kafka.brokers, stack.postgres.url
         ))
         .expect("config");
-        let cfg: ShellConfig = storepulse_forecaster::config(&src).expect("config");
+        let cfg = storepulse_forecaster::config(&src).expect("config");
         let token = shutdown.clone();
         let handle = tokio::spawn(async move {
             storepulse_forecaster::run_with_listener(cfg, listener, token).await

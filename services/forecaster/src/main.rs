@@ -5,11 +5,9 @@ use std::path::PathBuf;
 use clap::Parser;
 use storepulse_runtime::{ConfigSource, shutdown};
 
-/// Demand forecaster. Will forecast daily demand per store and SKU with intervals and stock-out risk, publishing to forecasts.v1.
-///
-/// THIS RELEASE: a service shell only. It serves /metrics, /healthz and /readyz on
-/// forecaster.http_listen (default 9104) and stops cleanly on SIGTERM; it does not consume
-/// or produce any records yet.
+/// Demand forecaster: daily demand per store and SKU from pos.sales.v1 and stock from
+/// pos.inventory.v1; publishes 14-day forecasts with 80%/95% intervals and stock-out
+/// risk to forecasts.v1.
 ///
 /// Configuration: --config FILE (or STOREPULSE_CONFIG), overridden by
 /// STOREPULSE_<SECTION>__<KEY> variables.

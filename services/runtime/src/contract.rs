@@ -362,9 +362,10 @@ impl RecordContract for DemandForecast {
     /// Identifier texts; `interval_level` in (0, 1); 1 to [`MAX_FORECAST_DAYS`] days,
     /// each date once and in [`YEARS`], with finite `0 <= lower <= mean <= upper`
     /// (demand is never negative); `on_hand` finite, `days_of_cover` finite and
-    /// >= 0, `stock_out_probability` in [0, 1], when given; the wide interval, when
-    /// given, on every day, around the narrow one, at a level above it; `lead_time_days`
-    /// 1..=366; backtest errors finite and non-negative, sMAPE at most 200.
+    /// `>= 0`, `stock_out_probability` in [0, 1], when given; the wide interval,
+    /// when given, on every day, around the narrow one, at a level above it;
+    /// `lead_time_days` in 1..=366; backtest errors finite and non-negative, sMAPE
+    /// at most 200.
     fn check_body(&self) -> Result<(), Rejection> {
         check_text("sku", &self.sku)?;
         check_text("method", &self.method)?;
