@@ -35,7 +35,7 @@ pub fn effective(service: &str, src: &ConfigSource) -> anyhow::Result<Value> {
         }
         "forecaster" => {
             let c = storepulse_forecaster::config(src)?;
-            json!({"kafka": c.kafka, "log": c.log, "forecaster": c.ops})
+            json!({"kafka": c.kafka, "postgres": c.postgres, "log": c.log, "forecaster": c.forecaster})
         }
         "notifier" => {
             let c = storepulse_notifier::config(src)?;
