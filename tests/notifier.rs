@@ -1132,3 +1132,112 @@ async fn slack_whatsapp_and_email_channels_send_real_requests() {
         .expect("join")
         .expect("notifier stopped cleanly");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn still_firing_alerts_repeat_until_resolved() {
+    let stack = TestStack::start("notifier_repeat").await;
+    let server = RecordingServer::start().await;
+    let policy = write_policy(
+        stack.dir.path(),
+        &format!(
+            r#"
+            [route]
+            receiver = "hook"
+            group_wait = "0s"
+            group_interval = "1s"
+            repeat_interval = "1h"
+            group_by = ["subject"]
+            [[route.routes]]
+            receiver = "hook"
+            matchers = ['team = "fast"']
+            repeat_interval = "2s"
+            [[receivers]]
+            name = "hook"
+            [[receivers.channels]]
+            type = "webhook"
+            url = "{}/hook"
+            "#,
+            server.url
+        ),
+    );
+    let shutdown = CancellationToken::new();
+    let (_ops, handle) = start_notifier(&stack, &policy, &shutdown).await;
+    let p = producer(&stack);
+    publish(
+        &p,
+        &[
+            alert("s-1", "rep1", "Firing", "Critical", &[("team", "fast")]),
+            alert("s-1", "slow1", "Firing", "Critical", &[]),
+        ],
+    )
+    .await;
+    let carrying = |id: &'static str| {
+        let server = server.clone();
+        move || {
+            server
+                .requests()
+                .into_iter()
+                .filter(|r| r.json()["alerts"][0]["alert_id"] == id)
+                .collect::<Vec<_>>()
+        }
+    };
+    let rep1 = carrying("rep1");
+    let sent = eventually("the first notification and two repeats", WITHIN, || async {
+        let r = rep1();
+        (r.len() >= 3).then_some(r)
+    })
+    .await;
+    let repeats: Vec<serde_json::Value> = sent
+        .iter()
+        .map(|r| r.json()["alerts"][0]["repeat"].clone())
+        .collect();
+    assert_eq!(repeats[..3], [serde_json::Value::Null, 1.into(), 2.into()]);
+    let keys: BTreeSet<&str> = sent.iter().map(|r| r.header("idempotency-key")).collect();
+    assert_eq!(
+        keys.len(),
+        sent.len(),
+        "each repeat is a message of its own"
+    );
+    // The route with the 1 h repeat_interval sent its alert once.
+    assert_eq!(carrying("slow1")().len(), 1);
+
+    // Resolved: sent, and the alert is no longer a repeat candidate.
+    publish(
+        &p,
+        &[alert(
+            "s-1",
+            "rep1",
+            "Resolved",
+            "Critical",
+            &[("team", "fast")],
+        )],
+    )
+    .await;
+    eventually("resolve delivered", WITHIN, || async {
+        (stack
+            .count("SELECT count(*) FROM notifier.deliveries WHERE transition_id = 'rep1:resolved' AND status = 'delivered'")
+            .await
+            == 1)
+            .then_some(())
+    })
+    .await;
+    let ledger = storepulse_notifier::ledger::Ledger::new(stack.pool.clone());
+    let candidates = ledger
+        .repeat_candidates("hook", 100)
+        .await
+        .expect("candidates");
+    let ids: Vec<&str> = candidates.iter().map(|c| c.alert_id.as_str()).collect();
+    assert_eq!(ids, ["slow1"], "a resolved alert is never repeated");
+    assert_eq!(
+        stack
+            .count("SELECT count(*) FROM notifier.deliveries WHERE alert_id = 'rep1' AND transition_id LIKE 'rep1:firing:repeat-%' AND status = 'pending'")
+            .await,
+        0,
+        "no repeat left pending after the resolve"
+    );
+    shutdown.cancel();
+    handle
+        .await
+        .expect("join")
+        .expect("notifier stopped cleanly");
+}

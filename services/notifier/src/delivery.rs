@@ -41,6 +41,10 @@ const OUTCOME_NAMESPACE: Uuid = Uuid::from_u128(0x6e6f_7469_6669_6572_2d6f_7574_
 const PENDING_LIMIT: i64 = 5_000;
 /// Longest sleep between rounds with nothing due (a safety net; wake-ups come sooner).
 const IDLE_POLL: Duration = Duration::from_secs(1);
+/// Longest time between two scans for alerts to repeat.
+const REPEAT_SCAN_MAX: Duration = Duration::from_secs(60);
+/// Most repeat candidates looked at per scan.
+const REPEAT_LIMIT: i64 = 10_000;
 /// Pause after a ledger error before the worker tries again.
 const LEDGER_RETRY: Duration = Duration::from_secs(1);
 
@@ -178,6 +182,8 @@ struct Worker {
     clock: GroupClock,
     /// The receiver's rate limit and its bucket (rebuilt when the limit changes).
     bucket: Option<((u32, Duration), TokenBucket)>,
+    /// When to look next for still-firing alerts due a repeat.
+    repeat_scan_at: DateTime<Utc>,
 }
 
 /// How a message ended.
@@ -194,6 +200,7 @@ impl Worker {
             receiver,
             clock: GroupClock::default(),
             bucket: None,
+            repeat_scan_at: Utc::now(),
         }
     }
 
@@ -229,6 +236,9 @@ impl Worker {
         let Some(receiver) = policy.receivers.get(&self.receiver).cloned() else {
             return Ok(Some(IDLE_POLL));
         };
+        if Utc::now() >= self.repeat_scan_at {
+            self.repeat_scan_at = self.record_repeats(&policy, Utc::now()).await?;
+        }
         let pending = self
             .ctx
             .ledger
@@ -240,6 +250,8 @@ impl Worker {
         if let Some(end) = hold_ends {
             plan.next_due = Some(plan.next_due.map_or(end, |n| n.min(end)));
         }
+        let repeat_scan = self.repeat_scan_at;
+        plan.next_due = Some(plan.next_due.map_or(repeat_scan, |n| n.min(repeat_scan)));
         let sent_any = !plan.messages.is_empty();
         match receiver.rate_limit {
             Some(limit) if self.bucket.as_ref().map(|(l, _)| *l) != Some(limit) => {
@@ -264,7 +276,11 @@ impl Worker {
             if let Sent::Interrupted = self.send(&receiver, planned, shutdown).await? {
                 return Ok(None);
             }
-            self.clock.sent(&key, Utc::now());
+            let sent_at = Utc::now();
+            self.clock.sent(&key, sent_at);
+            // A newly delivered alert may be due a repeat one repeat_interval on.
+            let first_repeat = sent_at + policy.min_repeat_interval();
+            self.repeat_scan_at = self.repeat_scan_at.min(first_repeat);
             self.publish_outcomes().await?;
         }
         if sent_any {
@@ -273,6 +289,36 @@ impl Worker {
         Ok(Some(plan.next_due.map_or(IDLE_POLL, |due| {
             (due - Utc::now()).to_std().unwrap_or(Duration::ZERO)
         })))
+    }
+
+    /// Records a repeat (a new pending delivery) for each alert still firing whose
+    /// last notification was delivered at least its route's `repeat_interval` ago;
+    /// returns when to scan next.
+    async fn record_repeats(
+        &self,
+        policy: &Policy,
+        now: DateTime<Utc>,
+    ) -> Result<DateTime<Utc>, LedgerError> {
+        let mut next = now + REPEAT_SCAN_MAX;
+        let candidates = self
+            .ctx
+            .ledger
+            .repeat_candidates(&self.receiver, REPEAT_LIMIT)
+            .await?;
+        let mut due = Vec::new();
+        for c in candidates {
+            let at = c.last_delivered_at + policy.repeat_interval(&c.route);
+            if at <= now {
+                due.push(c.next_repeat(&self.receiver));
+            } else {
+                next = next.min(at);
+            }
+        }
+        if !due.is_empty() {
+            let n = self.ctx.ledger.enqueue(&due).await?;
+            debug!(receiver = %self.receiver, repeats = n, "still-firing alerts due a repeat");
+        }
+        Ok(next)
     }
 
     /// Drops silenced and inhibited deliveries from `pending` (they stay pending in

@@ -30,6 +30,11 @@ pub const MIGRATIONS: MigrationSet = MigrationSet {
             name: "silences",
             sql: include_str!("../migrations/0002_silences.sql"),
         },
+        Migration {
+            version: 3,
+            name: "repeats",
+            sql: include_str!("../migrations/0003_repeats.sql"),
+        },
     ],
 };
 
@@ -99,6 +104,44 @@ pub struct FinishedDelivery {
     /// When the ledger recorded the outcome: the outcome record's time, so a
     /// republish after a crash is the same record.
     pub finished_at: DateTime<Utc>,
+}
+
+/// An alert still firing whose last delivered notification to a receiver may be
+/// old enough to repeat.
+#[derive(Debug, Clone)]
+pub struct RepeatCandidate {
+    pub alert_id: String,
+    pub tenant_id: String,
+    pub store_id: String,
+    pub route: String,
+    pub group_key: String,
+    pub alert: serde_json::Value,
+    /// When its last notification was delivered.
+    pub last_delivered_at: DateTime<Utc>,
+    /// The receiver's rows for this alert so far (numbers the next repeat).
+    pub rows_so_far: i64,
+}
+
+impl RepeatCandidate {
+    /// The ledger row of the next repeat: transition `<alert>:firing:repeat-<n>`, the
+    /// alert as before with `"repeat": n`. Recording it twice changes nothing.
+    pub fn next_repeat(&self, receiver: &str) -> NewDelivery {
+        let n = self.rows_so_far;
+        let mut alert = self.alert.clone();
+        alert["repeat"] = serde_json::Value::from(n);
+        NewDelivery {
+            transition_id: format!("{}:firing:repeat-{n}", self.alert_id),
+            receiver: receiver.to_string(),
+            alert_id: self.alert_id.clone(),
+            alert_state: "firing",
+            tenant_id: self.tenant_id.clone(),
+            store_id: self.store_id.clone(),
+            route: self.route.clone(),
+            group_key: self.group_key.clone(),
+            alert,
+            suppressed: false,
+        }
+    }
 }
 
 /// Final outcome of a message.
@@ -320,6 +363,35 @@ impl Ledger {
                 attempts: r.get(7),
                 error: r.get(8),
                 finished_at: r.get(9),
+            })
+            .collect())
+    }
+
+    /// A receiver's alerts still firing, last delivered, with nothing pending: the
+    /// candidates for a repeat (at most `limit`).
+    pub async fn repeat_candidates(
+        &self,
+        receiver: &str,
+        limit: i64,
+    ) -> Result<Vec<RepeatCandidate>, LedgerError> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                include_str!("../sql/repeat_candidates.sql"),
+                &[&receiver, &limit],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| RepeatCandidate {
+                alert_id: r.get(0),
+                tenant_id: r.get(1),
+                store_id: r.get(2),
+                route: r.get(3),
+                group_key: r.get(4),
+                alert: r.get(5),
+                last_delivered_at: r.get(6),
+                rows_so_far: r.get(7),
             })
             .collect())
     }

@@ -721,6 +721,25 @@ impl Policy {
         out
     }
 
+    /// The `repeat_interval` of the route at `path` (the root's if it is gone).
+    pub fn repeat_interval(&self, path: &str) -> Duration {
+        self.route_at(path)
+            .map_or(self.root.timing.repeat_interval, |r| {
+                r.timing.repeat_interval
+            })
+    }
+
+    /// The shortest `repeat_interval` in the tree.
+    pub fn min_repeat_interval(&self) -> Duration {
+        fn min(r: &Route) -> Duration {
+            r.routes
+                .iter()
+                .map(min)
+                .fold(r.timing.repeat_interval, Duration::min)
+        }
+        min(&self.root)
+    }
+
     /// Routes in the tree.
     pub fn route_count(&self) -> usize {
         self.root.count()
