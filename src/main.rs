@@ -253,6 +253,19 @@ enum Command {
         #[arg(long, global = true)]
         database_url: Option<String>,
     },
+    /// Acknowledge an alert the notifier has routed: it is no longer repeated nor
+    /// escalated (the first acknowledgement is kept). Prints the acknowledgement.
+    Ack {
+        alert_id: String,
+        /// Who acknowledges (default $USER).
+        #[arg(long)]
+        by: Option<String>,
+        #[arg(long, default_value = "")]
+        comment: String,
+        /// Database of the notifier (else the configured postgres.url).
+        #[arg(long)]
+        database_url: Option<String>,
+    },
     /// Apply read-store schema migrations.
     Migrate {
         #[arg(long)]
@@ -755,6 +768,26 @@ async fn main() -> anyhow::Result<()> {
                     println!("dropped analyst role {role}");
                 }
             }
+            Ok(())
+        }
+        Command::Ack {
+            alert_id,
+            by,
+            comment,
+            database_url,
+        } => {
+            let pool = db::pool(&postgres(&src, database_url)?)?;
+            storepulse_notifier::silences::ensure_schema(&pool).await?;
+            let by = by
+                .or_else(|| std::env::var("USER").ok())
+                .unwrap_or_else(|| "cli".into());
+            let a = storepulse_notifier::acks::ack(&pool, &alert_id, &by, &comment).await?;
+            println!(
+                "{} acknowledged by {} at {}",
+                a.alert_id,
+                a.acked_by,
+                a.acked_at.format("%Y-%m-%dT%H:%M:%SZ")
+            );
             Ok(())
         }
         Command::Silence {

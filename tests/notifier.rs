@@ -1241,3 +1241,240 @@ async fn still_firing_alerts_repeat_until_resolved() {
         .expect("join")
         .expect("notifier stopped cleanly");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiet_hours_hold_all_but_severe_alerts_in_the_store_zone() {
+    let stack = TestStack::start("notifier_quiet").await;
+    let server = RecordingServer::start().await;
+    let now = chrono::Utc::now();
+    let hhmmss = |t: chrono::DateTime<chrono::Utc>| t.format("%H:%M:%S").to_string();
+    // Quiet now in UTC (s-night); twelve hours earlier in UTC-12 (s-day): not quiet.
+    let policy_text = |end: chrono::DateTime<chrono::Utc>| {
+        format!(
+            r#"
+            [route]
+            receiver = "managers"
+            group_wait = "0s"
+            group_interval = "1s"
+            group_by = ["subject"]
+            [time_zones]
+            default = "UTC"
+            stores = {{ "acme/s-day" = "Etc/GMT+12" }}
+            [[receivers]]
+            name = "managers"
+            quiet_hours = {{ start = "{}", end = "{}", breakthrough = "critical" }}
+            [[receivers.channels]]
+            type = "webhook"
+            url = "{}/managers"
+            "#,
+            hhmmss(now - chrono::Duration::hours(1)),
+            hhmmss(end),
+            server.url
+        )
+    };
+    let policy = write_policy(
+        stack.dir.path(),
+        &policy_text(now + chrono::Duration::hours(1)),
+    );
+    let shutdown = CancellationToken::new();
+    let (_ops, handle) = start_notifier(&stack, &policy, &shutdown).await;
+    let p = producer(&stack);
+    publish(
+        &p,
+        &[
+            alert("s-night", "crit", "Firing", "Critical", &[]),
+            alert("s-night", "warn", "Firing", "Warning", &[]),
+            alert("s-day", "day", "Firing", "Warning", &[]),
+        ],
+    )
+    .await;
+    eventually("critical and day-time alerts delivered", WITHIN, || async {
+        let t = transitions(&server.requests());
+        (t.len() >= 2).then_some(())
+    })
+    .await;
+    eventually("the quiet-hours alert recorded", WITHIN, || async {
+        (stack
+            .count("SELECT count(*) FROM notifier.deliveries WHERE alert_id = 'warn' AND status = 'pending'")
+            .await
+            == 1)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        transitions(&server.requests()),
+        ["crit:firing", "day:firing"],
+        "the warning in the quiet store is held; the critical one breaks through"
+    );
+    // Quiet hours end (the policy now ends them seconds from now): it goes out then.
+    let in_3s = (chrono::Utc::now() + chrono::Duration::seconds(3)).timestamp();
+    let end = chrono::DateTime::from_timestamp(in_3s, 0).expect("time");
+    std::fs::write(&policy, policy_text(end)).expect("edit policy");
+    eventually("held alert sent when quiet hours end", WITHIN, || async {
+        transitions(&server.requests())
+            .contains(&"warn:firing".to_string())
+            .then_some(())
+    })
+    .await;
+    assert!(
+        chrono::Utc::now() >= end,
+        "not sent before the quiet hours ended"
+    );
+    shutdown.cancel();
+    handle
+        .await
+        .expect("join")
+        .expect("notifier stopped cleanly");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unacknowledged_alerts_escalate_up_the_ladder() {
+    let stack = TestStack::start("notifier_escalate").await;
+    let server = RecordingServer::start().await;
+    let token_file = stack.dir.path().join("ack-token");
+    std::fs::write(&token_file, "ack-secret\n").expect("token");
+    let policy = write_policy(
+        stack.dir.path(),
+        &format!(
+            r#"
+            [route]
+            receiver = "store"
+            group_wait = "0s"
+            group_interval = "1s"
+            group_by = ["subject"]
+            escalate = [{{ after = "8s", receiver = "area" }}, {{ after = "10s", receiver = "ops" }}]
+            [[receivers]]
+            name = "store"
+            [[receivers.channels]]
+            type = "webhook"
+            url = "{u}/store"
+            [[receivers]]
+            name = "area"
+            [[receivers.channels]]
+            type = "webhook"
+            url = "{u}/area"
+            [[receivers]]
+            name = "ops"
+            [[receivers.channels]]
+            type = "webhook"
+            url = "{u}/ops"
+            "#,
+            u = server.url
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let ops = format!("http://{}", listener.local_addr().expect("addr"));
+    let shutdown = CancellationToken::new();
+    let mut notifier_settings = settings(&stack, &policy);
+    notifier_settings.ack_token_file = token_file;
+    let handle = tokio::spawn(storepulse_notifier::run_with_listener(
+        NotifierConfig {
+            kafka: stack.kafka.clone(),
+            postgres: stack.postgres.clone(),
+            log: Default::default(),
+            notifier: notifier_settings,
+        },
+        listener,
+        shutdown.clone(),
+    ));
+    let p = producer(&stack);
+    publish(
+        &p,
+        &[
+            alert("s-1", "esc1", "Firing", "Critical", &[]),
+            alert("s-1", "http1", "Firing", "Critical", &[]),
+            alert("s-1", "cli1", "Firing", "Critical", &[]),
+        ],
+    )
+    .await;
+    eventually("first notifications delivered", WITHIN, || async {
+        (transitions(&server.to("/store")).len() == 3).then_some(())
+    })
+    .await;
+    // Acknowledge two of them: over HTTP (authenticated) and from the CLI.
+    let http = reqwest::Client::new();
+    let url = format!("{ops}/v1/alerts/http1/ack");
+    let status = |r: reqwest::Response| r.status().as_u16();
+    assert_eq!(status(http.post(&url).send().await.expect("post")), 401);
+    assert_eq!(
+        status(
+            http.post(&url)
+                .bearer_auth("wrong")
+                .send()
+                .await
+                .expect("post")
+        ),
+        401
+    );
+    assert_eq!(
+        status(
+            http.post(format!("{ops}/v1/alerts/never-seen/ack"))
+                .bearer_auth("ack-secret")
+                .send()
+                .await
+                .expect("post")
+        ),
+        404
+    );
+    let acked = http
+        .post(&url)
+        .bearer_auth("ack-secret")
+        .json(&serde_json::json!({"by": "anna", "comment": "on my way"}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(acked.status().as_u16(), 200);
+    let acked: serde_json::Value = acked.json().await.expect("json");
+    assert_eq!(acked["alert_id"], "http1");
+    assert_eq!(acked["acked_by"], "anna");
+    let out = cli(
+        &stack,
+        &["ack", "cli1", "--by", "ben", "--comment", "looking"],
+    );
+    assert!(out.starts_with("cli1 acknowledged by ben"), "{out}");
+    // Acknowledging again keeps the first acknowledgement.
+    let again = cli(&stack, &["ack", "http1", "--by", "carl"]);
+    assert!(again.starts_with("http1 acknowledged by anna"), "{again}");
+
+    // The unacknowledged one climbs the ladder: area after 8 s, ops after 10 s.
+    let to_ops = eventually("escalated to ops", WITHIN, || async {
+        let r = server.to("/ops");
+        (!r.is_empty()).then_some(r)
+    })
+    .await;
+    assert_eq!(transitions(&to_ops), ["esc1:firing"]);
+    let alert = &to_ops[0].json()["alerts"][0];
+    assert_eq!(alert["escalation"], 2);
+    assert_eq!(to_ops[0].json()["group_labels"]["escalation"], "2");
+    assert_eq!(transitions(&server.to("/area")), ["esc1:firing"]);
+    assert_eq!(server.to("/area")[0].json()["alerts"][0]["escalation"], 1);
+    let ladder_rows = stack
+        .count("SELECT count(*) FROM notifier.deliveries WHERE starts_with(transition_id, 'esc1:firing:escalation-')")
+        .await;
+    assert_eq!(ladder_rows, 2);
+    // The acknowledged alerts were due at the same moments and never escalated.
+    assert_eq!(
+        stack
+            .count("SELECT count(*) FROM notifier.deliveries WHERE alert_id IN ('http1', 'cli1') AND transition_id LIKE '%escalation%'")
+            .await,
+        0
+    );
+    let ledger = storepulse_notifier::ledger::Ledger::new(stack.pool.clone());
+    let candidates = ledger
+        .escalation_candidates("store", 100)
+        .await
+        .expect("candidates");
+    let ids: Vec<&str> = candidates.iter().map(|c| c.alert_id.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["esc1"],
+        "acknowledged alerts are not escalation candidates"
+    );
+    shutdown.cancel();
+    handle
+        .await
+        .expect("join")
+        .expect("notifier stopped cleanly");
+}

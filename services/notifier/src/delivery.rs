@@ -237,7 +237,9 @@ impl Worker {
             return Ok(Some(IDLE_POLL));
         };
         if Utc::now() >= self.repeat_scan_at {
-            self.repeat_scan_at = self.record_repeats(&policy, Utc::now()).await?;
+            let repeats_next = self.record_repeats(&policy, Utc::now()).await?;
+            let escalations_next = self.record_escalations(&policy, Utc::now()).await?;
+            self.repeat_scan_at = repeats_next.min(escalations_next);
         }
         let pending = self
             .ctx
@@ -245,7 +247,7 @@ impl Worker {
             .pending(&self.receiver, PENDING_LIMIT)
             .await?;
         let now = Utc::now();
-        let (pending, hold_ends) = self.hold(&policy, pending, now).await?;
+        let (pending, hold_ends) = self.hold(&policy, &receiver, pending, now).await?;
         let mut plan = self.clock.plan(pending, &PolicyTimings(&policy), now);
         if let Some(end) = hold_ends {
             plan.next_due = Some(plan.next_due.map_or(end, |n| n.min(end)));
@@ -279,7 +281,7 @@ impl Worker {
             let sent_at = Utc::now();
             self.clock.sent(&key, sent_at);
             // A newly delivered alert may be due a repeat one repeat_interval on.
-            let first_repeat = sent_at + policy.min_repeat_interval();
+            let first_repeat = sent_at + policy.min_follow_up();
             self.repeat_scan_at = self.repeat_scan_at.min(first_repeat);
             self.publish_outcomes().await?;
         }
@@ -321,13 +323,50 @@ impl Worker {
         Ok(next)
     }
 
-    /// Drops silenced and inhibited deliveries from `pending` (they stay pending in
-    /// the ledger and go out once nothing holds them); a held resolve is suppressed,
-    /// with its alert's held firing transition. Returns the rest and the earliest end
-    /// of a silence that holds something.
+    /// Records the due steps of escalation ladders for this receiver's delivered,
+    /// unacknowledged, still-firing alerts (a new pending delivery to the step's
+    /// receiver, which its own worker sends); returns when to scan next.
+    async fn record_escalations(
+        &self,
+        policy: &Policy,
+        now: DateTime<Utc>,
+    ) -> Result<DateTime<Utc>, LedgerError> {
+        let mut next = now + REPEAT_SCAN_MAX;
+        let candidates = self
+            .ctx
+            .ledger
+            .escalation_candidates(&self.receiver, REPEAT_LIMIT)
+            .await?;
+        let mut due = Vec::new();
+        for c in candidates {
+            let ladder = policy.escalation(&c.route);
+            let done = usize::try_from(c.steps_so_far).unwrap_or(0);
+            for (i, step) in ladder.iter().enumerate().skip(done) {
+                let at = c.first_delivered_at + step.after;
+                if at <= now {
+                    due.push(c.step(i + 1, &step.receiver));
+                } else {
+                    next = next.min(at);
+                    break;
+                }
+            }
+        }
+        if !due.is_empty() {
+            let n = self.ctx.ledger.enqueue(&due).await?;
+            info!(receiver = %self.receiver, steps = n, "unacknowledged alerts escalated");
+        }
+        Ok(next)
+    }
+
+    /// Drops silenced, inhibited and quiet-hours deliveries from `pending` (they stay
+    /// pending in the ledger and go out once nothing holds them); a resolve held by a
+    /// silence or inhibition is suppressed, with its alert's held firing transition
+    /// (quiet hours only delay: firing and resolve go out when they end). Returns the
+    /// rest and the earliest end of a silence or quiet hours that holds something.
     async fn hold(
         &self,
         policy: &Policy,
+        receiver: &Receiver,
         pending: Vec<PendingDelivery>,
         now: DateTime<Utc>,
     ) -> Result<(Vec<PendingDelivery>, Option<DateTime<Utc>>), LedgerError> {
@@ -340,7 +379,8 @@ impl Worker {
         } else {
             self.ctx.ledger.firing_alerts().await?
         };
-        if silences.is_empty() && firing.is_empty() {
+        let quiet = receiver.quiet_hours.as_ref();
+        if silences.is_empty() && firing.is_empty() && quiet.is_none() {
             return Ok((pending, None));
         }
         let mut ends: Option<DateTime<Utc>> = None;
@@ -361,7 +401,17 @@ impl Worker {
                 .iter()
                 .any(|r| firing.iter().any(|source| r.inhibits(source, &d.alert)));
             if silenced_until.is_none() && !inhibited {
-                kept.push(d);
+                let quiet_until = quiet.and_then(|q| {
+                    q.holds(
+                        d.alert["severity"].as_str().unwrap_or(""),
+                        policy.time_zones.zone(&d.tenant_id, &d.store_id),
+                        now,
+                    )
+                });
+                match quiet_until {
+                    Some(end) => ends = Some(ends.map_or(end, |e| e.min(end))),
+                    None => kept.push(d),
+                }
                 continue;
             }
             if let Some(end) = silenced_until {

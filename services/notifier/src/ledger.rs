@@ -35,6 +35,11 @@ pub const MIGRATIONS: MigrationSet = MigrationSet {
             name: "repeats",
             sql: include_str!("../migrations/0003_repeats.sql"),
         },
+        Migration {
+            version: 4,
+            name: "acks",
+            sql: include_str!("../migrations/0004_acks.sql"),
+        },
     ],
 };
 
@@ -138,6 +143,43 @@ impl RepeatCandidate {
             store_id: self.store_id.clone(),
             route: self.route.clone(),
             group_key: self.group_key.clone(),
+            alert,
+            suppressed: false,
+        }
+    }
+}
+
+/// An alert delivered to a receiver, unacknowledged and still firing: it may be
+/// due the next step of its route's escalation ladder.
+#[derive(Debug, Clone)]
+pub struct EscalationCandidate {
+    pub alert_id: String,
+    pub tenant_id: String,
+    pub store_id: String,
+    pub route: String,
+    pub group_key: String,
+    pub alert: serde_json::Value,
+    /// When its first firing notification was delivered (the ladder's clock).
+    pub first_delivered_at: DateTime<Utc>,
+    /// Escalation steps recorded so far.
+    pub steps_so_far: i64,
+}
+
+impl EscalationCandidate {
+    /// The ledger row of escalation step `step` (1-based) to `receiver`: transition
+    /// `<alert>:firing:escalation-<step>`, the alert marked `"escalation": step`.
+    pub fn step(&self, step: usize, receiver: &str) -> NewDelivery {
+        let mut alert = self.alert.clone();
+        alert["escalation"] = serde_json::Value::from(step);
+        NewDelivery {
+            transition_id: format!("{}:firing:escalation-{step}", self.alert_id),
+            receiver: receiver.to_string(),
+            alert_id: self.alert_id.clone(),
+            alert_state: "firing",
+            tenant_id: self.tenant_id.clone(),
+            store_id: self.store_id.clone(),
+            route: self.route.clone(),
+            group_key: format!("{}|escalation={step}", self.group_key),
             alert,
             suppressed: false,
         }
@@ -392,6 +434,35 @@ impl Ledger {
                 alert: r.get(5),
                 last_delivered_at: r.get(6),
                 rows_so_far: r.get(7),
+            })
+            .collect())
+    }
+
+    /// A receiver's first firing notifications delivered for alerts neither
+    /// acknowledged nor resolved (at most `limit`).
+    pub async fn escalation_candidates(
+        &self,
+        receiver: &str,
+        limit: i64,
+    ) -> Result<Vec<EscalationCandidate>, LedgerError> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                include_str!("../sql/escalation_candidates.sql"),
+                &[&receiver, &limit],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| EscalationCandidate {
+                alert_id: r.get(0),
+                tenant_id: r.get(1),
+                store_id: r.get(2),
+                route: r.get(3),
+                group_key: r.get(4),
+                alert: r.get(5),
+                first_delivered_at: r.get(6),
+                steps_so_far: r.get(7),
             })
             .collect())
     }

@@ -9,6 +9,7 @@
 //! re-read when it changes ([`watch_policy`]); an invalid edit is logged and the
 //! running policy kept.
 
+pub mod acks;
 pub mod channels;
 pub mod delivery;
 pub mod grouping;
@@ -68,6 +69,9 @@ pub struct NotifierSettings {
     pub shutdown_grace_ms: u64,
     /// How long a partition waits for an unknown writer schema, in s.
     pub unknown_schema_hold_secs: u64,
+    /// File holding the bearer token of `POST /v1/alerts/{id}/ack` ("": the
+    /// endpoint is off).
+    pub ack_token_file: PathBuf,
 }
 
 /// Consumer group of the notifier.
@@ -90,6 +94,7 @@ impl Default for NotifierSettings {
             batch_max_wait_ms: 5,
             shutdown_grace_ms: 30_000,
             unknown_schema_hold_secs: 900,
+            ack_token_file: PathBuf::new(),
         }
     }
 }
@@ -163,6 +168,25 @@ pub async fn run_with_listener(
     )?;
     metrics_registry.register(Box::new(reloads.clone()))?;
 
+    let ack_token = if settings.ack_token_file.as_os_str().is_empty() {
+        None
+    } else {
+        let text = std::fs::read_to_string(&settings.ack_token_file).map_err(|e| {
+            anyhow::anyhow!(
+                "notifier.ack_token_file: cannot read {}: {}",
+                settings.ack_token_file.display(),
+                e.kind()
+            )
+        })?;
+        let token = text.trim_end_matches(['\n', '\r']);
+        if token.is_empty() {
+            anyhow::bail!(
+                "notifier.ack_token_file: {} is empty",
+                settings.ack_token_file.display()
+            );
+        }
+        Some(policy::Secret::new(token))
+    };
     let pool = db::pool(&config.postgres)?;
     let ledger = Ledger::new(pool.clone());
     let applied = ledger.migrate().await?;
@@ -217,10 +241,11 @@ pub async fn run_with_listener(
         metrics_registry,
         vec![
             kafka::readiness(&config.kafka),
-            db::readiness(pool),
+            db::readiness(pool.clone()),
             consumer.health().readiness(),
         ],
-    );
+    )
+    .merge(acks::router(pool, ack_token));
     info!(addr = %listener.local_addr()?, group = %settings.group_id, "notifier running");
     let mut tasks = ServiceTasks::new(&shutdown);
     tasks.spawn("ops-http", ops_http::serve(listener, router, tasks.token()));

@@ -48,6 +48,33 @@ struct PolicyFile {
     inhibit_rules: Vec<InhibitFile>,
     #[serde(default)]
     silences: Vec<SilenceFile>,
+    #[serde(default)]
+    time_zones: TimeZonesFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TimeZonesFile {
+    default: Option<String>,
+    #[serde(default)]
+    tenants: BTreeMap<String, String>,
+    /// Keyed `"<tenant>/<store>"`.
+    #[serde(default)]
+    stores: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QuietHoursFile {
+    start: String,
+    end: String,
+    #[serde(default = "default_breakthrough")]
+    breakthrough: String,
+}
+
+/// Severity at or above which a notification breaks through quiet hours.
+pub fn default_breakthrough() -> String {
+    "critical".into()
 }
 
 #[derive(Debug, Deserialize)]
@@ -62,8 +89,18 @@ struct RouteFile {
     group_wait: Option<String>,
     group_interval: Option<String>,
     repeat_interval: Option<String>,
+    /// Escalation ladder: unacknowledged after `after`, the alert goes to `receiver`.
+    #[serde(default)]
+    escalate: Vec<EscalationFile>,
     #[serde(default)]
     routes: Vec<RouteFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EscalationFile {
+    after: String,
+    receiver: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -100,6 +137,7 @@ struct ReceiverFile {
     #[serde(default)]
     channels: Vec<ChannelFile>,
     rate_limit: Option<RateLimitFile>,
+    quiet_hours: Option<QuietHoursFile>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -330,6 +368,157 @@ pub struct Receiver {
     pub channels: Vec<ChannelSpec>,
     /// At most this many messages per duration (bursts up to the count); more wait.
     pub rate_limit: Option<(u32, Duration)>,
+    /// Local hours (in each alert's store's zone) when only severe alerts go out.
+    pub quiet_hours: Option<QuietHours>,
+}
+
+/// Quiet hours: from `start` to `end` local time (over midnight when `end` is
+/// earlier), notifications below `breakthrough` severity are held until the end.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuietHours {
+    pub start: jiff::civil::Time,
+    pub end: jiff::civil::Time,
+    /// 0 info, 1 warning, 2 critical.
+    pub breakthrough: u8,
+}
+
+/// Rank of a severity name (info 0, warning 1, critical 2; unknown 0).
+pub fn severity_rank(name: &str) -> u8 {
+    match name {
+        "critical" => 2,
+        "warning" => 1,
+        _ => 0,
+    }
+}
+
+impl QuietHours {
+    /// If `now` falls in quiet hours in `zone`: when they end.
+    pub fn quiet_until(
+        &self,
+        zone: &jiff::tz::TimeZone,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Option<chrono::DateTime<chrono::Utc>> {
+        let local = jiff::Timestamp::from_microsecond(now.timestamp_micros())
+            .ok()?
+            .to_zoned(zone.clone());
+        let t = local.time();
+        let date = local.date();
+        let end_date = if self.start < self.end {
+            if !(self.start <= t && t < self.end) {
+                return None;
+            }
+            date
+        } else if t >= self.start {
+            date.tomorrow().ok()?
+        } else if t < self.end {
+            date
+        } else {
+            return None;
+        };
+        let end = end_date.to_datetime(self.end).to_zoned(zone.clone()).ok()?;
+        chrono::DateTime::from_timestamp_micros(end.timestamp().as_microsecond())
+    }
+
+    /// Whether an alert of `severity` (name) is held now in `zone`; until when.
+    pub fn holds(
+        &self,
+        severity: &str,
+        zone: &jiff::tz::TimeZone,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Option<chrono::DateTime<chrono::Utc>> {
+        if severity_rank(severity) >= self.breakthrough {
+            return None;
+        }
+        self.quiet_until(zone, now)
+    }
+}
+
+/// Stores' time zones for quiet hours: a store's own, else its tenant's, else the
+/// default (UTC unless set).
+#[derive(Debug, Clone)]
+pub struct TimeZones {
+    pub default: jiff::tz::TimeZone,
+    pub tenants: HashMap<String, jiff::tz::TimeZone>,
+    pub stores: HashMap<(String, String), jiff::tz::TimeZone>,
+}
+
+impl TimeZones {
+    pub fn zone(&self, tenant: &str, store: &str) -> &jiff::tz::TimeZone {
+        self.stores
+            .get(&(tenant.to_string(), store.to_string()))
+            .or_else(|| self.tenants.get(tenant))
+            .unwrap_or(&self.default)
+    }
+}
+
+fn time_zone_at(path: &str, name: &str) -> Result<jiff::tz::TimeZone, PolicyError> {
+    jiff::tz::TimeZone::get(name)
+        .map_err(|e| err(path, format!("{name:?} is not an IANA time zone: {e}")))
+}
+
+fn time_zones(file: &TimeZonesFile) -> Result<TimeZones, PolicyError> {
+    let default = match &file.default {
+        Some(n) => time_zone_at("time_zones.default", n)?,
+        None => jiff::tz::TimeZone::UTC,
+    };
+    let mut tenants = HashMap::new();
+    for (t, n) in &file.tenants {
+        tenants.insert(
+            t.clone(),
+            time_zone_at(&format!("time_zones.tenants.{t}"), n)?,
+        );
+    }
+    let mut stores = HashMap::new();
+    for (key, n) in &file.stores {
+        let path = format!("time_zones.stores.\"{key}\"");
+        let Some((t, s)) = key.split_once('/') else {
+            return Err(err(path, "keys are \"<tenant>/<store>\""));
+        };
+        stores.insert((t.to_string(), s.to_string()), time_zone_at(&path, n)?);
+    }
+    Ok(TimeZones {
+        default,
+        tenants,
+        stores,
+    })
+}
+
+fn quiet_hours(path: &str, file: &QuietHoursFile) -> Result<QuietHours, PolicyError> {
+    let time = |field: &str, v: &str| {
+        v.parse::<jiff::civil::Time>().map_err(|e| {
+            err(
+                format!("{path}.quiet_hours.{field}"),
+                format!("{v:?} is not a time of day (HH:MM or HH:MM:SS): {e}"),
+            )
+        })
+    };
+    let start = time("start", &file.start)?;
+    let end = time("end", &file.end)?;
+    if start == end {
+        return Err(err(
+            format!("{path}.quiet_hours.end"),
+            "must differ from start",
+        ));
+    }
+    let b = file.breakthrough.to_ascii_lowercase();
+    let breakthrough = match b.as_str() {
+        "info" | "warning" | "critical" => severity_rank(&b),
+        "none" => 3,
+        _ => {
+            return Err(err(
+                format!("{path}.quiet_hours.breakthrough"),
+                format!(
+                    "{:?}: one of info, warning, critical, none",
+                    file.breakthrough
+                ),
+            ));
+        }
+    };
+    Ok(QuietHours {
+        start,
+        end,
+        breakthrough,
+    })
 }
 
 /// What a matcher compares.
@@ -500,12 +689,22 @@ pub struct GroupTiming {
     pub repeat_interval: Duration,
 }
 
+/// One step of an escalation ladder: an alert still firing and unacknowledged
+/// `after` its first notification was delivered also goes to `receiver`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EscalationStep {
+    pub after: Duration,
+    pub receiver: String,
+}
+
 /// A validated route.
 #[derive(Debug, Clone)]
 pub struct Route {
     /// `route`, `route.routes[0]`, ...: names it in logs and errors.
     pub path: String,
     pub receiver: String,
+    /// Escalation ladder, `after` increasing (not inherited by children).
+    pub escalate: Vec<EscalationStep>,
     matchers: Vec<Matcher>,
     pub continue_: bool,
     pub timing: GroupTiming,
@@ -568,6 +767,8 @@ pub struct Policy {
     pub inhibit_rules: Vec<InhibitRule>,
     /// Silences kept in the policy file (the CLI's are in Postgres).
     pub silences: Vec<FileSilence>,
+    /// Stores' time zones (for quiet hours).
+    pub time_zones: TimeZones,
 }
 
 /// While an alert matching `source` fires, alerts matching `target` with the same
@@ -701,6 +902,7 @@ impl Policy {
             receivers,
             inhibit_rules,
             silences,
+            time_zones: time_zones(&file.time_zones)?,
         })
     }
 
@@ -727,6 +929,23 @@ impl Policy {
             .map_or(self.root.timing.repeat_interval, |r| {
                 r.timing.repeat_interval
             })
+    }
+
+    /// The escalation ladder of the route at `path` (empty if it is gone).
+    pub fn escalation(&self, path: &str) -> &[EscalationStep] {
+        self.route_at(path).map_or(&[], |r| r.escalate.as_slice())
+    }
+
+    /// The shortest wait before a delivered alert may need a follow-up (a repeat
+    /// or an escalation step) anywhere in the tree.
+    pub fn min_follow_up(&self) -> Duration {
+        fn min(r: &Route) -> Duration {
+            let own = r.escalate.first().map_or(r.timing.repeat_interval, |s| {
+                s.after.min(r.timing.repeat_interval)
+            });
+            r.routes.iter().map(min).fold(own, Duration::min)
+        }
+        min(&self.root)
     }
 
     /// The shortest `repeat_interval` in the tree.
@@ -834,6 +1053,27 @@ fn route(
     if timing.repeat_interval.is_zero() {
         return Err(err(format!("{path}.repeat_interval"), "must be > 0"));
     }
+    let mut escalate: Vec<EscalationStep> = Vec::new();
+    for (i, step) in file.escalate.iter().enumerate() {
+        let at = format!("{path}.escalate[{i}]");
+        let after = duration_at(&at, "after", &step.after)?;
+        if after.is_zero() || escalate.last().is_some_and(|p| p.after >= after) {
+            return Err(err(
+                format!("{at}.after"),
+                "must be > 0 and later than the step before",
+            ));
+        }
+        if !receivers.contains_key(&step.receiver) {
+            return Err(err(
+                format!("{at}.receiver"),
+                format!("no receiver named {:?}", step.receiver),
+            ));
+        }
+        escalate.push(EscalationStep {
+            after,
+            receiver: step.receiver.clone(),
+        });
+    }
     let routes = file
         .routes
         .iter()
@@ -851,6 +1091,7 @@ fn route(
     Ok(Route {
         path: path.to_string(),
         receiver,
+        escalate,
         matchers,
         continue_: file.continue_,
         timing,
@@ -897,12 +1138,18 @@ fn receiver(
             Some((r.messages, per))
         }
     };
+    let quiet_hours = file
+        .quiet_hours
+        .as_ref()
+        .map(|q| quiet_hours(&path, q))
+        .transpose()?;
     Ok(Receiver {
         name: file.name.clone(),
         send_resolved: file.send_resolved,
         retry,
         channels,
         rate_limit,
+        quiet_hours,
     })
 }
 
@@ -1488,6 +1735,83 @@ mod example_file {
             other => panic!("{other:?}"),
         }
         assert!(!format!("{p:?}").contains("sekrit-token"));
+    }
+
+    #[test]
+    fn quiet_hours_hold_below_breakthrough_in_the_store_zone() {
+        let base = "[route]\nreceiver = \"r\"\n[time_zones]\ndefault = \"Europe/Berlin\"\nstores = { \"acme/s-ny\" = \"America/New_York\" }\n[[receivers]]\nname = \"r\"\nquiet_hours = { start = \"22:00\", end = \"07:00\" }\n[[receivers.channels]]\ntype = \"webhook\"\nurl = \"http://x/\"\n";
+        let p = Policy::parse(base, &|_| None).expect("valid");
+        let q = p.receivers["r"].quiet_hours.clone().expect("quiet hours");
+        let utc = |s: &str| {
+            chrono::DateTime::parse_from_rfc3339(s)
+                .expect("time")
+                .with_timezone(&chrono::Utc)
+        };
+        let berlin = p.time_zones.zone("acme", "s-1");
+        let ny = p.time_zones.zone("acme", "s-ny");
+        // 22:30 in Berlin (winter, UTC+1): quiet until 07:00 Berlin = 06:00 UTC.
+        let night = utc("2026-11-23T21:30:00Z");
+        assert_eq!(
+            q.holds("warning", berlin, night),
+            Some(utc("2026-11-24T06:00:00Z"))
+        );
+        assert_eq!(q.holds("critical", berlin, night), None, "breaks through");
+        // The same instant is 16:30 in New York: not quiet there.
+        assert_eq!(q.holds("warning", ny, night), None);
+        // 05:00 Berlin: quiet until 07:00 the same day.
+        assert_eq!(
+            q.holds("info", berlin, utc("2026-11-24T04:00:00Z")),
+            Some(utc("2026-11-24T06:00:00Z"))
+        );
+        assert_eq!(q.holds("info", berlin, utc("2026-11-24T06:00:00Z")), None);
+        let e = Policy::parse(&base.replace("Europe/Berlin", "Mars/Olympus"), &|_| None)
+            .expect_err("bad zone");
+        assert_eq!(e.path, "time_zones.default");
+        let e = Policy::parse(&base.replace("07:00", "7 am"), &|_| None).expect_err("bad time");
+        assert_eq!(e.path, "receivers[r].quiet_hours.end");
+        let e = Policy::parse(
+            &base.replace(
+                "end = \"07:00\"",
+                "end = \"07:00\", breakthrough = \"urgent\"",
+            ),
+            &|_| None,
+        )
+        .expect_err("bad severity");
+        assert_eq!(e.path, "receivers[r].quiet_hours.breakthrough");
+    }
+
+    #[test]
+    fn escalation_ladders_are_validated() {
+        let policy = |ladder: &str| {
+            format!(
+                "[route]\nreceiver = \"store\"\nrepeat_interval = \"1h\"\nescalate = [{ladder}]\n\
+                 [[receivers]]\nname = \"store\"\n[[receivers.channels]]\ntype = \"webhook\"\nurl = \"http://x/\"\n\
+                 [[receivers]]\nname = \"area\"\n[[receivers.channels]]\ntype = \"webhook\"\nurl = \"http://x/\"\n"
+            )
+        };
+        let p = Policy::parse(
+            &policy(
+                r#"{ after = "15m", receiver = "area" }, { after = "1h", receiver = "store" }"#,
+            ),
+            &|_| None,
+        )
+        .expect("valid");
+        assert_eq!(p.escalation("route").len(), 2);
+        assert_eq!(p.escalation("route")[0].receiver, "area");
+        assert_eq!(p.min_follow_up(), Duration::from_secs(900));
+        let e = Policy::parse(
+            &policy(
+                r#"{ after = "1h", receiver = "area" }, { after = "15m", receiver = "store" }"#,
+            ),
+            &|_| None,
+        )
+        .expect_err("not increasing");
+        assert_eq!(e.path, "route.escalate[1].after");
+        let e = Policy::parse(&policy(r#"{ after = "1h", receiver = "nobody" }"#), &|_| {
+            None
+        })
+        .expect_err("unknown receiver");
+        assert_eq!(e.path, "route.escalate[0].receiver");
     }
 
     #[test]

@@ -42,6 +42,11 @@ pub fn alert_lines(body: &Value) -> Vec<String> {
                     let s = |k: &str| a[k].as_str().unwrap_or("");
                     let when = if s("state") == "resolved" {
                         format!("resolved at {}", s("occurred_at"))
+                    } else if let Some(step) = a["escalation"].as_u64() {
+                        format!(
+                            "unacknowledged, escalation step {step}; firing since {}",
+                            s("started_at")
+                        )
                     } else if a["repeat"].is_number() {
                         format!("still firing since {}", s("started_at"))
                     } else {
