@@ -4,6 +4,7 @@
 //! load driver with the stack it starts.
 
 pub mod analysts;
+pub mod dead_letter_admin;
 pub mod dev_stack;
 pub mod effective_config;
 pub mod gateway;

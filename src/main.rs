@@ -273,6 +273,12 @@ enum Command {
     },
     /// Run one service in this process (same as its own binary).
     Run { service: Service },
+    /// Dead letters (ingest.rejected.v1): list them, and redrive them to their source
+    /// topic once the cause is fixed. See docs/operations.md#dead-letters.
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+    },
     /// Show the configuration a service would run with.
     Config {
         #[command(subcommand)]
@@ -351,6 +357,69 @@ enum RulesAction {
     Check {
         #[arg(long)]
         rules: PathBuf,
+    },
+}
+
+/// Which dead letters `dlq list` and `dlq redrive` take; every given one must hold.
+#[derive(Debug, clap::Args)]
+struct DlqFilter {
+    /// Base name of the topic the original came from (`api`: the HTTP API).
+    #[arg(long)]
+    source_topic: Option<String>,
+    /// Rejected at or after this time (RFC 3339).
+    #[arg(long)]
+    since: Option<chrono::DateTime<chrono::Utc>>,
+    /// The reason contains this text (case-insensitive).
+    #[arg(long)]
+    reason: Option<String>,
+    #[arg(long)]
+    tenant: Option<String>,
+    #[arg(long)]
+    store: Option<String>,
+    /// Only this dead letter, PARTITION:OFFSET as `dlq list` shows it (repeatable).
+    #[arg(long = "dead-letter", value_parser = storepulse::dead_letter_admin::parse_position)]
+    dead_letters: Vec<(i32, i64)>,
+}
+
+impl DlqFilter {
+    fn filter(&self) -> storepulse::dead_letter_admin::Filter {
+        storepulse::dead_letter_admin::Filter {
+            source_topic: self.source_topic.clone(),
+            since: self.since,
+            reason_contains: self.reason.clone(),
+            tenant: self.tenant.clone(),
+            store: self.store.clone(),
+            positions: self.dead_letters.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqAction {
+    /// List dead letters: position in ingest.rejected.v1, when and by whom rejected,
+    /// source topic/partition/offset (or `api`), store, field, reason, and whether
+    /// it can be redriven. Reads to the topic's end; commits nothing.
+    List {
+        #[command(flatten)]
+        filter: DlqFilter,
+        /// Show at most the last N matches (0: all).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Produce the originals of the matching dead letters again to their source
+    /// topics (same bytes, keyed by store), once what rejected them is fixed. Needs
+    /// --source-topic or --dead-letter. API rejections and truncated originals are
+    /// reported, not sent. Consumers dedupe by event id, but redrive a dead letter
+    /// once: the rules service would see an event twice.
+    Redrive {
+        #[command(flatten)]
+        filter: DlqFilter,
+        /// Show what would be sent, send nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -1037,6 +1106,95 @@ async fn main() -> anyhow::Result<()> {
                 Ok(())
             }
         },
+        Command::Dlq { action } => {
+            use storepulse::dead_letter_admin as dlq;
+            let k: KafkaConfig = src.section("kafka")?;
+            let idle = Duration::from_secs(30);
+            match action {
+                DlqAction::List {
+                    filter,
+                    limit,
+                    json,
+                } => {
+                    let found = dlq::read(&k, &filter.filter(), idle).await?;
+                    let skip = if limit == 0 {
+                        0
+                    } else {
+                        found.letters.len().saturating_sub(limit)
+                    };
+                    if !json {
+                        println!(
+                            "{:<12} {:<20} {:<10} {:<32} {:<24} {:<6} reason",
+                            "dead_letter", "rejected_at", "by", "source", "store", "redo"
+                        );
+                    }
+                    for d in &found.letters[skip..] {
+                        let l = dlq::ListedDeadLetter::from(d);
+                        if json {
+                            println!("{}", serde_json::to_string(&l)?);
+                            continue;
+                        }
+                        let source = match (l.source_topic, l.source_partition, l.source_offset) {
+                            (Some(t), Some(p), Some(o)) => format!("{t}/{p}/{o}"),
+                            (Some(t), _, _) => t.to_string(),
+                            _ => "api".to_string(),
+                        };
+                        let reason = match l.field {
+                            Some(f) => format!("{f}: {}", l.reason),
+                            None => l.reason.to_string(),
+                        };
+                        println!(
+                            "{:<12} {:<20} {:<10} {:<32} {:<24} {:<6} {}",
+                            l.dead_letter,
+                            l.rejected_at,
+                            l.rejected_by,
+                            source,
+                            format!("{}/{}", l.tenant_id, l.store_id),
+                            if l.redrivable { "yes" } else { "no" },
+                            reason
+                        );
+                    }
+                    eprintln!(
+                        "{} dead letters match{}",
+                        found.letters.len(),
+                        if skip > 0 {
+                            format!(" (the last {limit} shown; --limit 0 for all)")
+                        } else {
+                            String::new()
+                        }
+                    );
+                    for (p, o, why) in &found.undecodable {
+                        eprintln!("WARNING {p}:{o} is not a readable dead letter: {why}");
+                    }
+                }
+                DlqAction::Redrive { filter, dry_run } => {
+                    anyhow::ensure!(
+                        filter.source_topic.is_some() || !filter.dead_letters.is_empty(),
+                        "say which dead letters to redrive: --source-topic or --dead-letter"
+                    );
+                    let found = dlq::read(&k, &filter.filter(), idle).await?;
+                    let outcomes = dlq::redrive(&k, &found.letters, dry_run).await?;
+                    let sent = outcomes.iter().filter(|o| o.result.is_ok()).count();
+                    for o in &outcomes {
+                        match &o.result {
+                            Ok(to) => println!("{} {} -> {to}", o.dead_letter, o.source),
+                            Err(why) => println!("{} {} SKIPPED: {why}", o.dead_letter, o.source),
+                        }
+                    }
+                    println!(
+                        "{} {sent} of {} dead letters{}",
+                        if dry_run { "would redrive" } else { "redrove" },
+                        outcomes.len(),
+                        if dry_run {
+                            " (dry run: nothing sent)"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+            }
+            Ok(())
+        }
         Command::Config {
             action: ConfigAction::Show { service },
         } => {
