@@ -29,7 +29,7 @@ SHARED = {
     "ingest": ["kafka", "postgres", "log"],
     "compactor": ["kafka", "postgres", "log"],
     "rules": ["kafka", "postgres", "log"],
-    "forecaster": ["kafka", "log"],
+    "forecaster": ["kafka", "postgres", "log"],
     "notifier": ["kafka", "postgres", "log"],
 }
 
