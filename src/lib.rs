@@ -1,7 +1,8 @@
 //! The `storepulse` CLI library: the local stack (throwaway Postgres + broker), the
 //! store simulator, the gateway that posts simulated events, and the dev command
 //! that wires them to the services, the analyst roles (tenant isolation), and the
-//! load driver with the stack it starts.
+//! load driver with the stack it starts, and the throughput benchmarks' parts (the
+//! broker's raw produce rate, the read-store benchmark).
 
 pub mod analysts;
 pub mod dead_letter_admin;
@@ -11,5 +12,7 @@ pub mod gateway;
 pub mod load;
 pub mod load_stack;
 pub mod local_stack;
+pub mod raw_produce;
+pub mod read_store_bench;
 pub mod rebuild;
 pub mod simulator;

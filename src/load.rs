@@ -125,6 +125,8 @@ pub enum LoadError {
     Key(#[from] storepulse_ingest::api_keys::KeyError),
     #[error("invalid options: {0}")]
     Options(String),
+    #[error("broker ceiling: {0}")]
+    Ceiling(String),
 }
 
 /// Percentiles of a set of durations, in ms.
@@ -263,6 +265,73 @@ pub struct LoadReport {
     pub cpu: Vec<ProcessCpu>,
     /// Kafka requests of the services during the window.
     pub kafka_requests: Vec<KafkaRequests>,
+    /// The broker's raw produce rate measured after the load on the same broker
+    /// (`--broker-ceiling`).
+    pub broker_ceiling: Option<BrokerCeiling>,
+}
+
+/// The broker's raw produce rate in the same run: as many records as the load had
+/// accepted, of the same mix, produced flat out by one producer
+/// ([`crate::raw_produce`]) into topics of their own (the compactor does not read
+/// them), with the broker's CPU meanwhile.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BrokerCeiling {
+    pub records: usize,
+    pub secs: f64,
+    pub records_per_sec: f64,
+    /// Broker CPU during the produce, in cores (when its process is known).
+    pub broker_cores: Option<f64>,
+    /// The load's accepted events/s as a share of this rate.
+    pub pipeline_share: f64,
+}
+
+/// Measures [`BrokerCeiling`] on the broker of `kafka`: topics prefixed
+/// `storepulse-ceiling.` are created with `partitions` partitions.
+pub async fn broker_ceiling(
+    kafka: &storepulse_runtime::KafkaConfig,
+    opts: &LoadOptions,
+    records: usize,
+    broker: Option<&WatchedProcess>,
+    pipeline_events_per_sec: f64,
+) -> Result<BrokerCeiling, LoadError> {
+    let kafka = storepulse_runtime::KafkaConfig {
+        topic_prefix: format!("{}storepulse-ceiling.", kafka.topic_prefix),
+        ..kafka.clone()
+    };
+    use storepulse_runtime::records::topic;
+    storepulse_runtime::kafka::ensure_topics(
+        &kafka,
+        &[
+            topic::SALES,
+            topic::INVENTORY,
+            topic::DEVICE,
+            topic::SENSOR_READINGS,
+        ],
+        kafka.partitions,
+    )
+    .await
+    .map_err(|e| LoadError::Ceiling(format!("create the ceiling's topics: {e}")))?;
+    let events = crate::raw_produce::encode_events(
+        opts.mix,
+        &opts.tenant_id,
+        opts.stores,
+        records.max(1),
+        opts.seed,
+    )
+    .map_err(|e| LoadError::Ceiling(e.to_string()))?;
+    let watched: Vec<WatchedProcess> = broker.into_iter().cloned().collect();
+    let before = cpu_seconds(&watched);
+    let run = crate::raw_produce::produce_flat_out(&kafka, &events)
+        .await
+        .map_err(|e| LoadError::Ceiling(e.to_string()))?;
+    let after = cpu_seconds(&watched);
+    Ok(BrokerCeiling {
+        records: run.records,
+        secs: run.secs,
+        records_per_sec: run.records_per_sec,
+        broker_cores: (!watched.is_empty()).then(|| (after[0] - before[0]) / run.secs),
+        pipeline_share: pipeline_events_per_sec / run.records_per_sec,
+    })
 }
 
 impl std::fmt::Display for LoadReport {
@@ -309,6 +378,17 @@ impl std::fmt::Display for LoadReport {
                 f,
                 "  kafka requests  {}: produce {:.0}/s ({:.1} records each), fetch {:.0}/s",
                 k.service, k.produce_per_sec, k.records_per_produce, k.fetch_per_sec
+            )?;
+        }
+        if let Some(c) = &self.broker_ceiling {
+            writeln!(
+                f,
+                "  broker raw      {:>10} records {:>9.0} records/s  (one producer, full batches, same mix; broker {} cores) -> pipeline at {:.0}%",
+                c.records,
+                c.records_per_sec,
+                c.broker_cores
+                    .map_or("?".to_string(), |c| format!("{c:.2}")),
+                100.0 * c.pipeline_share
             )?;
         }
         if let Some(e) = &self.first_error {
@@ -370,6 +450,12 @@ impl EventFactory {
             mix,
             next_txn: 1,
         }
+    }
+
+    /// Writes a JSON array of `n` events of `store` occurring around `now` into `out`
+    /// (what one request of a store gateway carries).
+    pub fn fill(&mut self, store: &str, n: usize, now: DateTime<Utc>, out: &mut String) {
+        self.batch(store, n, now, out);
     }
 
     /// Appends a JSON array of `n` events of `store` occurring around `now` to `out`;
@@ -768,6 +854,7 @@ pub async fn run(
         poll_interval_ms: opts.poll_interval.as_secs_f64() * 1000.0,
         cpu,
         kafka_requests,
+        broker_ceiling: None,
     })
 }
 
@@ -1028,7 +1115,7 @@ async fn poll_visibility(
 }
 
 /// CPU seconds (user + system) so far of each watched process.
-fn cpu_seconds(processes: &[WatchedProcess]) -> Vec<f64> {
+pub fn cpu_seconds(processes: &[WatchedProcess]) -> Vec<f64> {
     processes
         .iter()
         .map(|p| {

@@ -141,6 +141,13 @@ enum Command {
         /// Where the started stack's throwaway data lives (removed on exit).
         #[arg(long, default_value = ".storepulse")]
         data_dir: PathBuf,
+        /// After the load, measure the broker's raw produce rate on the same broker:
+        /// as many records as were accepted (at most 2,000,000), same mix, produced
+        /// flat out by one producer into topics of their own; reported beside the
+        /// pipeline's rate.
+        /// Needs the stack `load` starts (no --ingest-url).
+        #[arg(long, conflicts_with = "ingest_url")]
+        broker_ceiling: bool,
     },
     /// Post simulated store events to an ingest API.
     Simulate {
@@ -716,6 +723,7 @@ async fn main() -> anyhow::Result<()> {
             compactors,
             broker_storage,
             data_dir,
+            broker_ceiling,
         } => {
             shutdown::cancel_on_signals(token.clone());
             let opts = LoadOptions {
@@ -769,7 +777,21 @@ async fn main() -> anyhow::Result<()> {
                     t
                 }
             };
-            let report = storepulse::load::run(&opts, &target, token).await?;
+            let mut report = storepulse::load::run(&opts, &target, token).await?;
+            if let (true, Some(s)) = (broker_ceiling, &stack) {
+                eprintln!("measuring the broker's raw produce rate ...");
+                let broker = target.processes.iter().find(|p| p.name == "broker");
+                report.broker_ceiling = Some(
+                    storepulse::load::broker_ceiling(
+                        &s.kafka,
+                        &opts,
+                        (report.accepted_total as usize).min(2_000_000),
+                        broker,
+                        report.accepted_per_sec,
+                    )
+                    .await?,
+                );
+            }
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

@@ -129,6 +129,7 @@ async fn load_starts_its_own_stack_and_reports_as_json() {
                     "--mix",
                     "sales",
                     "--json",
+                    "--broker-ceiling",
                     "--data-dir",
                 ])
                 .arg(&dir)
@@ -168,6 +169,15 @@ async fn load_starts_its_own_stack_and_reports_as_json() {
         "{report}"
     );
     assert!(stderr.contains("measuring"), "a progress line: {stderr}");
+    // The broker's raw produce rate, measured after the load on the same broker.
+    let ceiling = &report["broker_ceiling"];
+    assert_eq!(
+        ceiling["records"].as_u64(),
+        report["accepted_total"].as_u64(),
+        "{report}"
+    );
+    assert!(ceiling["records_per_sec"].as_f64() > Some(0.0), "{report}");
+    assert!(ceiling["broker_cores"].is_number(), "{report}");
     // The stack is gone with the command: its data directory is removed.
     let left: Vec<_> = std::fs::read_dir(dir.path())
         .expect("dir")
