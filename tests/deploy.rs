@@ -16,9 +16,15 @@ use serde_json::Value;
 
 /// The rendered containers and what the values say they must get.
 fn cases() -> Vec<Value> {
+    config_cases(&[])
+}
+
+/// The output of `scripts/deploy/config_cases.py ARGS`.
+fn config_cases(args: &[&str]) -> Vec<Value> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let out = Command::new("python3")
         .arg(root.join("scripts/deploy/config_cases.py"))
+        .args(args)
         .current_dir(root.join("scripts/deploy"))
         .output()
         .expect("run python3 scripts/deploy/config_cases.py (scripts/install-deps.sh installs its packages)");
@@ -123,6 +129,55 @@ fn every_helm_config_value_reaches_the_service_that_reads_it() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert!(checked > 100, "only {checked} keys checked");
     assert_eq!(refused, 2, "both deliberately wrong values were refused");
+}
+
+#[test]
+fn the_rule_files_and_policies_deployed_load_with_the_services_loaders() {
+    let cases = config_cases(&["files"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut failures = Vec::new();
+    let (mut rules, mut policies) = (0, 0);
+    for case in &cases {
+        let origin = case["origin"].as_str().unwrap_or_default();
+        let text = case["text"].as_str().expect("text");
+        match case["kind"].as_str() {
+            Some("rules") => {
+                let file = dir.path().join(format!("rules-{rules}.toml"));
+                std::fs::write(&file, text).expect("write");
+                let out = Command::new(env!("CARGO_BIN_EXE_storepulse"))
+                    .env_clear()
+                    .args(["rules", "check", "--rules"])
+                    .arg(&file)
+                    .output()
+                    .expect("run storepulse rules check");
+                if out.status.success() {
+                    rules += 1;
+                } else {
+                    failures.push(format!(
+                        "{origin}: storepulse rules check refuses it: {}{}",
+                        String::from_utf8_lossy(&out.stdout),
+                        String::from_utf8_lossy(&out.stderr)
+                    ));
+                }
+            }
+            Some("policy") => {
+                let env = case["env"].as_object().expect("env").clone();
+                let lookup =
+                    move |name: &str| env.get(name).and_then(Value::as_str).map(String::from);
+                match storepulse_notifier::policy::Policy::parse(text, &lookup) {
+                    Ok(_) => policies += 1,
+                    Err(e) => failures.push(format!("{origin}: the notifier refuses it: {e}")),
+                }
+            }
+            other => failures.push(format!("{origin}: unknown kind {other:?}")),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert_eq!(
+        (rules, policies),
+        (4, 4),
+        "three values files and compose, each"
+    );
 }
 
 #[test]

@@ -15,6 +15,8 @@ import json
 import re
 import sys
 
+import yaml
+
 import chart
 
 # What a secretKeyRef resolves to in the test (no cluster, no Secrets).
@@ -127,7 +129,40 @@ def cases_for(case: str, values: dict, expect_error: str | None = None) -> list[
     return out
 
 
+def file_cases() -> list[dict]:
+    """The rule files and notification policies the chart (every values file) and
+    docker-compose.yml give the services, with the environment their secrets are
+    looked up in: {"origin", "kind": "rules"|"policy", "text", "env"}."""
+    out = []
+    for name in ("default", "dev", "prod"):
+        docs = chart.render(chart.values_file(name))
+        envs = {}
+        for d in docs:
+            if d["kind"] == "Deployment":
+                c = d["spec"]["template"]["spec"]["containers"][0]
+                envs[c["args"][1]] = container_env(c)
+        for d in docs:
+            if d["kind"] != "ConfigMap":
+                continue
+            for key, kind, service in (("rules.toml", "rules", "rules"), ("policy.toml", "policy", "notifier")):
+                if key in d["data"]:
+                    out.append({"origin": f"chart ({name} values) ConfigMap/{d['metadata']['name']}/{key}",
+                                "kind": kind, "text": d["data"][key], "env": envs.get(service, {})})
+    compose = yaml.safe_load((chart.ROOT / "docker-compose.yml").read_text())
+    for svc, kind, var in (("rules", "rules", "STOREPULSE_RULES__RULES_FILE"), ("notifier", "policy", "STOREPULSE_NOTIFIER__POLICY_FILE")):
+        service = compose["services"][svc]
+        env = {k: str(v) for k, v in (service.get("environment") or {}).items()}
+        target = env[var]
+        source = next(v.split(":")[0] for v in service["volumes"] if v.split(":")[1] == target)
+        out.append({"origin": f"docker-compose.yml {svc}: {source}", "kind": kind,
+                    "text": (chart.ROOT / source).read_text(), "env": env})
+    return out
+
+
 def main() -> None:
+    if sys.argv[1:] == ["files"]:
+        json.dump(file_cases(), sys.stdout, indent=1)
+        return
     cases = []
     for name in ("default", "dev", "prod"):
         cases += cases_for(name, chart.values_file(name))
