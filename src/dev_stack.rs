@@ -22,9 +22,7 @@ use anyhow::Context;
 use chrono::Utc;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use storepulse_runtime::config::OpsSettings;
 use storepulse_runtime::records::topic;
-use storepulse_runtime::service_shell::ShellConfig;
 use storepulse_runtime::vocabulary::{EventType, Vocabulary};
 use storepulse_runtime::{KafkaConfig, LogConfig, PostgresConfig, db, kafka};
 use tokio_util::sync::CancellationToken;
@@ -291,25 +289,37 @@ pub async fn run(opts: DevOptions, shutdown: CancellationToken) -> anyhow::Resul
             services.clone(),
         ),
     );
-    // The notifier needs a policy file and receivers: dev shows its ops endpoints
-    // only (run it with `storepulse run notifier`).
-    let notifier_cfg = ShellConfig {
-        kafka: kafka_cfg.clone(),
-        log: log.clone(),
-        ops: OpsSettings::listening_on("127.0.0.1:0"),
-    };
+    // The notifier runs a policy sending every alert to a local webhook that prints
+    // each notification (NOTIFY lines); the policy file is editable, reloaded live.
+    let sink_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let sink_url = format!("http://{}", sink_listener.local_addr()?);
+    spawn_service(
+        &mut running,
+        "notification-sink",
+        crate::notification_sink::serve(sink_listener, services.clone()),
+    );
+    let notifier_policy = root.path().join("notifier.toml");
+    std::fs::write(
+        &notifier_policy,
+        crate::notification_sink::DEV_NOTIFIER_POLICY.replace("{sink}", &sink_url),
+    )
+    .context("write the dev notification policy")?;
     let notifier_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let token = services.clone();
-    spawn_service(&mut running, "notifier", async move {
-        storepulse_runtime::service_shell::run_shell(
-            "notifier",
-            &notifier_cfg,
-            notifier_listener,
-            token,
-        )
-        .await
-        .map_err(anyhow::Error::from)
-    });
+    let notifier_addr = notifier_listener.local_addr()?;
+    let notifier_cfg = storepulse_notifier::NotifierConfig {
+        kafka: kafka_cfg.clone(),
+        postgres: postgres.clone(),
+        log: log.clone(),
+        notifier: storepulse_notifier::NotifierSettings {
+            policy_file: notifier_policy.clone(),
+            ..Default::default()
+        },
+    };
+    spawn_service(
+        &mut running,
+        "notifier",
+        storepulse_notifier::run_with_listener(notifier_cfg, notifier_listener, services.clone()),
+    );
 
     let mut sim = Simulator::new(SimConfig {
         tenant_id: opts.tenant_id.clone(),
@@ -349,6 +359,13 @@ pub async fn run(opts: DevOptions, shutdown: CancellationToken) -> anyhow::Resul
         rules_file.display()
     );
     println!("  alerts     : printed below as they fire and resolve (topic alerts.v1)");
+    println!(
+        "  notifier   : {} (edit it: reloaded live)   metrics: http://{notifier_addr}/metrics",
+        notifier_policy.display()
+    );
+    println!(
+        "               its notifications print below as NOTIFY lines (webhook {sink_url}/notify)"
+    );
     println!("Press Ctrl-C to stop.\n");
 
     let mut per_topic: BTreeMap<&'static str, u64> = BTreeMap::new();

@@ -12,6 +12,7 @@ pub mod gateway;
 pub mod load;
 pub mod load_stack;
 pub mod local_stack;
+pub mod notification_sink;
 pub mod raw_produce;
 pub mod read_store_bench;
 pub mod rebuild;

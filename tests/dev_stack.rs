@@ -152,7 +152,27 @@ fn dev_runs_the_pipeline_and_stops_cleanly_on_ctrl_c() {
         installed.to_string(),
         "dev says which flavour the read store is (TimescaleDB when it is installed)"
     );
-    let url = dev.await_rows();
+    // The notifier runs with an editable policy sending to a local printing webhook
+    // (its line comes after the psql URL's).
+    let mut url = String::new();
+    let policy = dev.await_line("notifier policy", Duration::from_secs(120), |l| {
+        if let Some(u) = l.split("psql ").nth(1) {
+            url = u.trim().to_string();
+        }
+        l.split("notifier   : ")
+            .nth(1)
+            .and_then(|rest| rest.split(" (edit it").next())
+            .map(std::path::PathBuf::from)
+    });
+    let text = std::fs::read_to_string(&policy).expect("the dev notification policy");
+    assert!(text.contains("/notify"), "{text}");
+    dev.await_line("rows in Postgres", Duration::from_secs(120), |l| {
+        l.split("rows in Postgres ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse::<i64>().ok())
+            .filter(|n| *n > 0)
+    });
     assert!(
         url.starts_with("postgres://"),
         "dev prints how to connect: {url}"
