@@ -3,8 +3,10 @@
 //! read store's Secret and the Kafka TLS/SASL settings of the default, dev and prod
 //! values arrive, with their values, in the configuration each service loads with
 //! its own loader (`storepulse config show SERVICE`, run with exactly the rendered
-//! ConfigMap file and container environment). A misspelt key and a value of the
-//! wrong type are refused, naming the key.
+//! ConfigMap file and container environment); so does every `STOREPULSE_*`
+//! variable of docker-compose.yml's containers. A misspelt key and a value of the
+//! wrong type are refused, naming the key. The rule files and notification
+//! policies deployed load with the services' loaders.
 //!
 //! The chart is rendered offline by `scripts/deploy/config_cases.py` (the Helm v4
 //! library from PyPI's helm-python-sdk, installed by scripts/install-deps.sh).

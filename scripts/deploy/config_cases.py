@@ -129,6 +129,35 @@ def cases_for(case: str, values: dict, expect_error: str | None = None) -> list[
     return out
 
 
+def compose_cases() -> list[dict]:
+    """Every StorePulse container of docker-compose.yml: no config file, its
+    environment; every STOREPULSE_* variable must reach the key it names."""
+    compose = yaml.safe_load((chart.ROOT / "docker-compose.yml").read_text())
+    out = []
+    for name, svc in compose["services"].items():
+        if svc.get("image") != "storepulse:dev":
+            continue
+        command = svc.get("command") or []
+        service = command[1] if command[:1] == ["run"] else "compactor"  # topics, migrate, simulate: kafka/postgres/log
+        env = {k: str(v) for k, v in (svc.get("environment") or {}).items()}
+        claims = [c for c in env_claims(env, f"docker-compose.yml {name}.environment")
+                  if c["path"][0] in SHARED[service] + [service]]
+        for c in claims:
+            if c["path"] == ["postgres", "url"]:
+                # `config show` redacts the password (src/effective_config.rs).
+                c["value"] = re.sub(r"^([a-z]+://[^:/@]+:)[^@]*@", rf"\g<1>{REDACTED}@", c["value"])
+        out.append({
+            "case": "compose",
+            "service": service,
+            "container": f"compose/{name}",
+            "config_toml": "",
+            "env": env,
+            "claims": claims,
+            "expect_error": None,
+        })
+    return out
+
+
 def file_cases() -> list[dict]:
     """The rule files and notification policies the chart (every values file) and
     docker-compose.yml give the services, with the environment their secrets are
@@ -166,6 +195,7 @@ def main() -> None:
     cases = []
     for name in ("default", "dev", "prod"):
         cases += cases_for(name, chart.values_file(name))
+    cases += compose_cases()
     # Must fail: a misspelt key in a service's section never reaches it.
     cases += [c for c in cases_for(
         "typo", {"services": {"compactor": {"config": {"batch_max_record": 5000}}}}, expect_error="batch_max_record",
