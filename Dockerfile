@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1.7
 #
-# One image for the whole pipeline (docs/decisions/0015-one-image.md): the
+# One image for the whole pipeline (docs/decisions/0019-one-image-and-generated-manifests.md): the
 # `storepulse` CLI, which runs any service (`storepulse run compactor`) and the
 # operator commands (topics, migrate, keys, dlq, rebuild, config show).
 #
