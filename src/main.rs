@@ -319,8 +319,22 @@ enum Command {
         #[command(subcommand)]
         action: RulesAction,
     },
+    /// Forecast tools.
+    Forecast {
+        #[command(subcommand)]
+        action: ForecastAction,
+    },
     /// Install the nisshi broker used by the local stack and tests, if missing.
     InstallBroker,
+}
+
+#[derive(Debug, Subcommand)]
+enum ForecastAction {
+    /// Rolling-origin backtest of every forecasting method and of the forecaster's
+    /// per-series choice on the history in Postgres (the forecaster's daily demand,
+    /// postgres.url) or a CSV file: MASE and sMAPE per method against seasonal naive,
+    /// as a table and a PNG chart.
+    Backtest(storepulse_forecaster::backtest_report::BacktestArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -1094,6 +1108,18 @@ async fn main() -> anyhow::Result<()> {
                     print!("{}", cal.render_store(&store, at));
                 }
             }
+            Ok(())
+        }
+        Command::Forecast {
+            action: ForecastAction::Backtest(args),
+        } => {
+            let pg: Option<PostgresConfig> = match &args.csv {
+                Some(_) => None,
+                None => Some(src.section("postgres")?),
+            };
+            let report = storepulse_forecaster::backtest_report::run(&args, pg.as_ref()).await?;
+            print!("{}", report.render());
+            println!("chart: {}", args.chart.display());
             Ok(())
         }
         Command::Rules { action } => match action {

@@ -299,3 +299,69 @@ async fn sales_become_forecasts_refunds_reduce_demand_and_a_restart_resumes() {
     shutdown.cancel();
     handle.await.expect("join").expect("clean stop");
 }
+
+/// `storepulse forecast backtest` on the bundled public series: a table where the
+/// forecaster's choice beats seasonal naive, and a PNG chart.
+#[test]
+fn the_backtest_command_scores_the_bundled_public_series_and_draws_a_chart() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let png = dir.path().join("chart.png");
+    let csv = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/services/forecaster/data/bike_sharing_daily.csv"
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_storepulse"))
+        .args(["forecast", "backtest", "--csv", csv])
+        .args([
+            "--date-column",
+            "dteday",
+            "--value-column",
+            "cnt",
+            "--origins",
+            "8",
+        ])
+        .arg("--chart")
+        .arg(&png)
+        .output()
+        .expect("run storepulse forecast backtest");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let vs_naive = |method: &str| -> f64 {
+        let line = stdout
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(method))
+            .unwrap_or_else(|| panic!("no {method} row in\n{stdout}"));
+        line.split_whitespace()
+            .last()
+            .expect("vs naive")
+            .parse()
+            .expect("number")
+    };
+    assert_eq!(vs_naive("seasonal-naive"), 1.0);
+    assert!(vs_naive("auto") < 1.0, "{stdout}");
+    assert!(vs_naive("holt-winters") < 1.0, "{stdout}");
+    let bytes = std::fs::read(&png).expect("chart written");
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+
+    // A bad CSV is refused naming the column.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_storepulse"))
+        .args([
+            "forecast",
+            "backtest",
+            "--csv",
+            csv,
+            "--date-column",
+            "dteday",
+            "--value-column",
+            "sales",
+        ])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no column \"sales\""), "{stderr}");
+}

@@ -10,6 +10,7 @@
 //! and — with stock known — days of cover and the probability of running out within
 //! the lead time ([`risk`]), which the rules' forecast stock rule reads.
 
+pub mod backtest_report;
 pub mod methods;
 pub mod processor;
 pub mod publisher;
