@@ -966,8 +966,11 @@ fn apply(
             || matches!(rule.spec, Spec::Absence { .. })
             || *open.get_or_init(|| cx.calendar.is_open(store, o.at))
     };
-    let mut entity_rules = false;
-    for rule in &rules.by_source[i] {
+    // Entity rules that take this observation, by position in `by_source[i]`
+    // (matched once; positions past 64 are matched again below).
+    let mut entity_rules: u64 = 0;
+    let mut entity_rules_beyond = false;
+    for (ri, rule) in rules.by_source[i].iter().enumerate() {
         if !rule.matcher.matches_store(&store.store) || !rule.matcher.matches(&o) {
             continue;
         }
@@ -1018,34 +1021,46 @@ fn apply(
                     }
                 }
             }
-            _ => entity_rules |= counts(rule),
+            _ => {
+                if counts(rule) {
+                    if ri < 64 {
+                        entity_rules |= 1 << ri;
+                    } else {
+                        entity_rules_beyond = true;
+                    }
+                }
+            }
         }
     }
-    if !entity_rules {
+    if entity_rules == 0 && !entity_rules_beyond {
         return;
     }
     // The entity, looked up once (created on its first observation).
     let map = &mut state.entities[i];
-    if !map.contains_key(&o.entity) {
-        map.insert(o.entity.clone(), EntityState::default());
-    }
-    let Some(e) = map.get_mut(&o.entity) else {
-        return;
+    let e = match map.get_mut(&o.entity) {
+        Some(e) => e,
+        None => map.entry(o.entity.clone()).or_default(),
     };
     if let Detail::Sensor { kind, appliance } = &o.detail {
         refresh_labels(e, *kind, appliance.as_deref());
     }
-    for rule in &rules.by_source[i] {
-        if matches!(
-            rule.spec,
-            Spec::Absence {
-                per_store: true,
-                ..
-            } | Spec::SalesAnomaly(_)
-        ) || !rule.matcher.matches_store(&store.store)
-            || !rule.matcher.matches(&o)
-            || !counts(rule)
-        {
+    for (ri, rule) in rules.by_source[i].iter().enumerate() {
+        let takes = if ri < 64 {
+            entity_rules & (1 << ri) != 0
+        } else {
+            entity_rules_beyond
+                && !matches!(
+                    rule.spec,
+                    Spec::Absence {
+                        per_store: true,
+                        ..
+                    } | Spec::SalesAnomaly(_)
+                )
+                && rule.matcher.matches_store(&store.store)
+                && rule.matcher.matches(&o)
+                && counts(rule)
+        };
+        if !takes {
             continue;
         }
         let idx = match e.cells.iter().position(|c| c.rule == rule.name) {

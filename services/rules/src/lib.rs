@@ -287,7 +287,10 @@ pub async fn run_with_listener(
 }
 
 /// Re-reads the rule file every `every`; sends each valid new version, refuses an
-/// invalid one (the rules in force stay).
+/// invalid one (the rules in force stay). A new version is taken only once two
+/// reads in a row find the same bytes, so a file caught half-written (an editor or
+/// `cp` writing in place) is never put in force — not even when the part written
+/// so far happens to be valid.
 async fn watch_rule_file(
     path: PathBuf,
     every: Duration,
@@ -296,6 +299,7 @@ async fn watch_rule_file(
     shutdown: CancellationToken,
 ) -> Result<(), std::io::Error> {
     let mut last = std::fs::read(&path).ok();
+    let mut settling: Option<Vec<u8>> = None;
     let mut tick = tokio::time::interval(every);
     loop {
         tokio::select! {
@@ -313,8 +317,15 @@ async fn watch_rule_file(
             }
         };
         if last.as_deref() == Some(now.as_slice()) {
+            settling = None;
             continue;
         }
+        if settling.as_deref() != Some(now.as_slice()) {
+            // Changed since the last read: wait for it to stay put for one interval.
+            settling = Some(now);
+            continue;
+        }
+        settling = None;
         last = Some(now.clone());
         match RuleSet::parse(&String::from_utf8_lossy(&now)) {
             Ok(set) => {
