@@ -3,7 +3,8 @@
 # chart lints and renders for default/dev/prod values and a wrong value fails; the
 # rendered manifests and k8s/ validate against the Kubernetes 1.31 API schemas, and
 # k8s/ is what the chart generates; docker-compose.yml is valid and refers only to
-# pinned images and existing files; every metric in the dashboards and alerting
+# pinned images and existing files; the Docker build context holds what cargo
+# needs; every metric in the dashboards and alerting
 # rules is registered by a service. (That every Helm config value reaches its
 # service is the Rust test tests/deploy.rs, run by `cargo test`.)
 # Needs what scripts/install-deps.sh installs: helm-python-sdk, kubernetes-validate,

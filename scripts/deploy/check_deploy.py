@@ -9,6 +9,8 @@
              deliberately wrong manifest fails; k8s/ is what the chart generates
   compose    docker-compose.yml is valid (docker-compose config), pins every image,
              builds from an existing Dockerfile, mounts only existing files
+  image      the Docker build context (after .dockerignore) holds everything cargo
+             reads, and the Dockerfile's features exist
   metrics    every metric named in the dashboards and alerting rules is registered
              by some service (names taken from the code, not a list)
   dashboards the dashboards are Grafana JSON whose panels use the provisioned
@@ -274,6 +276,57 @@ def check_compose() -> None:
     ok(f"compose: {len(services)} services ({len(storepulse_services)} from the StorePulse image), images pinned, mounts exist, Prometheus scrapes {len(run)} services")
 
 
+# ---------------------------------------------------------------- image
+def docker_ignored(path: str, patterns: list[str]) -> bool:
+    """Whether .dockerignore (its simple forms: dir/, **/dir/, *.ext, name, !keep)
+    leaves `path` (relative, /-separated) out of the build context."""
+    import fnmatch
+
+    ignored = False
+    for pat in patterns:
+        keep = pat.startswith("!")
+        pat = pat.lstrip("!").rstrip("/")
+        parts = path.split("/")
+        prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+        hit = any(fnmatch.fnmatch(p, pat) or fnmatch.fnmatch(p, pat.removeprefix("**/")) for p in prefixes)
+        if hit:
+            ignored = not keep
+    return ignored
+
+
+def check_image_context() -> None:
+    """Everything `cargo build` reads is in the Docker build context: the
+    workspace members' manifests and sources, every declared bin/bench/test/example
+    target, the embedded schemas and migrations."""
+    import tomllib
+
+    patterns = [l.strip() for l in (ROOT / ".dockerignore").read_text().splitlines() if l.strip() and not l.startswith("#")]
+    manifest = tomllib.loads((ROOT / "Cargo.toml").read_text())
+    needed = ["Cargo.toml", "Cargo.lock", "src/main.rs", "schemas", "services/runtime/migrations"]
+    for member in manifest["workspace"]["members"]:
+        if member == ".":
+            continue
+        needed += [f"{member}/Cargo.toml", f"{member}/src"]
+    for member in ["."] + [m for m in manifest["workspace"]["members"] if m != "."]:
+        m = tomllib.loads((ROOT / member / "Cargo.toml").read_text())
+        for kind, folder in (("bin", "src/bin"), ("bench", "benches"), ("test", "tests"), ("example", "examples")):
+            for target in m.get(kind, []):
+                path = target.get("path") or f"{folder}/{target['name']}.rs"
+                needed.append(str(Path(member) / path).removeprefix("./"))
+    missing = [p for p in needed if docker_ignored(p, patterns) or not (ROOT / p).exists()]
+    for p in missing:
+        fail(f"Docker build context: {p} is needed by cargo but excluded by .dockerignore or missing")
+    if docker_ignored("src/main.rs", ["src/"]) is not True or docker_ignored("services/x/target/y", patterns) is not True:
+        fail("Docker build context: the .dockerignore matcher is broken")
+    if not missing:
+        ok(f"Docker build context: the {len(needed)} paths cargo needs are in it")
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    for feature in re.findall(r"--features\s+([\w,-]+)", dockerfile):
+        for f in feature.split(","):
+            if f not in manifest.get("features", {}):
+                fail(f"Dockerfile builds with feature {f}, which Cargo.toml does not declare")
+
+
 # ---------------------------------------------------------------- metrics
 CONSTRUCTOR = re.compile(
     r"(?:\bOpts::new|\bHistogramOpts::new|\b(?:Int)?(?:Counter|Gauge)::new|\bHistogram::new|\bopts!|\bhistogram_opts!)\s*\(\s*\"([a-zA-Z_:][a-zA-Z0-9_:]*)\""
@@ -381,12 +434,13 @@ def check_dashboards_and_alerts() -> None:
 
 
 def main() -> int:
-    sections = sys.argv[1:] or ["chart", "wrong", "k8s", "compose", "metrics", "dashboards"]
+    sections = sys.argv[1:] or ["chart", "wrong", "k8s", "compose", "image", "metrics", "dashboards"]
     steps = {
         "chart": check_chart,
         "wrong": check_wrong_values_fail,
         "k8s": check_k8s_dir,
         "compose": check_compose,
+        "image": check_image_context,
         "metrics": check_metrics,
         "dashboards": check_dashboards_and_alerts,
     }
