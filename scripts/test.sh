@@ -27,5 +27,6 @@ set -e
 passed=$(grep -Eo '^test result: .* ([0-9]+) passed' "$log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
 failed=$(grep -Eo '^test result: .* ([0-9]+) failed' "$log" | grep -Eo '[0-9]+ failed' | awk '{s+=$1} END {print s+0}')
 echo
+echo "build size: $(du -sh target 2>/dev/null | cut -f1) in target/; $(df -h . | awk 'NR==2 {print $4}') free"
 echo "total: ${passed} passed, ${failed} failed"
 exit "$status"
