@@ -45,11 +45,11 @@ enum Command {
     /// `| <service> STOPPED: <reason>`; the other services keep running so you can
     /// inspect the stack, and dev exits with status 1 after Ctrl-C.
     Dev {
-        /// Simulated stores.
-        #[arg(long, default_value_t = 30)]
+        /// Simulated stores (at least 1).
+        #[arg(long, default_value_t = 30, value_parser = at_least_one)]
         stores: usize,
-        /// Most events per second to post.
-        #[arg(long, default_value_t = 200)]
+        /// Most events per second to post (at least 1).
+        #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
         rate: u32,
         /// Seed of the simulation.
         #[arg(long, default_value_t = 42)]
@@ -92,13 +92,13 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         warmup: u64,
         /// Stores, each with its own API key.
-        #[arg(long, default_value_t = 300)]
+        #[arg(long, default_value_t = 300, value_parser = at_least_one)]
         stores: usize,
         /// Events per request.
-        #[arg(long, default_value_t = 100)]
+        #[arg(long, default_value_t = 100, value_parser = at_least_one)]
         batch: usize,
         /// Requests in flight at most.
-        #[arg(long, default_value_t = 32)]
+        #[arg(long, default_value_t = 32, value_parser = at_least_one)]
         concurrency: usize,
         /// Which events to post.
         #[arg(long, value_enum, default_value_t = storepulse::load::Mix::Mixed)]
@@ -158,16 +158,19 @@ enum Command {
         /// configured postgres.url).
         #[arg(long)]
         database_url: Option<String>,
+        /// Tenant of the simulated stores.
         #[arg(long, default_value = "demo")]
         tenant: String,
-        #[arg(long, default_value_t = 30)]
+        /// Simulated stores (at least 1).
+        #[arg(long, default_value_t = 30, value_parser = at_least_one)]
         stores: usize,
-        /// Events per second.
-        #[arg(long, default_value_t = 100)]
+        /// Events per second (at least 1).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
         rate: u32,
         /// How long to run, in seconds.
         #[arg(long, default_value_t = 60)]
         duration: u64,
+        /// Seed of the simulation (same seed, same events).
         #[arg(long, default_value_t = 42)]
         seed: u64,
         /// Fraction of deliberately invalid events.
@@ -267,6 +270,7 @@ enum Command {
         /// Who acknowledges (default $USER).
         #[arg(long)]
         by: Option<String>,
+        /// Free text kept with the acknowledgement.
         #[arg(long, default_value = "")]
         comment: String,
         /// Database of the notifier (else the configured postgres.url).
@@ -275,6 +279,7 @@ enum Command {
     },
     /// Apply read-store schema migrations.
     Migrate {
+        /// Read store to migrate (else the configured postgres.url).
         #[arg(long)]
         database_url: Option<String>,
     },
@@ -301,6 +306,7 @@ enum Command {
             default_value = "http://127.0.0.1:8080/healthz"
         )]
         url: String,
+        /// How long to wait for the answer, in ms.
         #[arg(long, default_value_t = 3000)]
         timeout_ms: u64,
     },
@@ -376,6 +382,7 @@ enum RulesAction {
     },
     /// Check a rule file and print its rules per tenant; exit 1 if it is invalid.
     Check {
+        /// Rule file (TOML or YAML).
         #[arg(long)]
         rules: PathBuf,
     },
@@ -384,17 +391,21 @@ enum RulesAction {
 /// Which dead letters `dlq list` and `dlq redrive` take; every given one must hold.
 #[derive(Debug, clap::Args)]
 struct DlqFilter {
-    /// Base name of the topic the original came from (`api`: the HTTP API).
-    #[arg(long)]
+    /// Base name of the topic the original came from (`api`: the HTTP API), e.g.
+    /// sensor.readings.v1.
+    #[arg(long, value_parser = source_topic_name)]
     source_topic: Option<String>,
-    /// Rejected at or after this time (RFC 3339).
-    #[arg(long)]
+    /// Rejected at or after this time: RFC 3339 (2026-12-01T08:00:00Z) or a duration
+    /// ago (30m, 12h, 7d).
+    #[arg(long, value_parser = time_or_ago)]
     since: Option<chrono::DateTime<chrono::Utc>>,
     /// The reason contains this text (case-insensitive).
     #[arg(long)]
     reason: Option<String>,
+    /// Only dead letters of this tenant.
     #[arg(long)]
     tenant: Option<String>,
+    /// Only dead letters of this store.
     #[arg(long)]
     store: Option<String>,
     /// Only this dead letter, PARTITION:OFFSET as `dlq list` shows it (repeatable).
@@ -457,15 +468,19 @@ enum ConfigAction {
 enum KeysAction {
     /// Create a key bound to one store; prints the key once.
     Create {
+        /// Tenant the key belongs to.
         #[arg(long)]
         tenant: String,
+        /// The one store whose events the key may post.
         #[arg(long)]
         store: String,
+        /// Free text to tell keys apart (e.g. the gateway it is installed on).
         #[arg(long, default_value = "")]
         label: String,
     },
     /// List keys (never their secrets).
     List {
+        /// Only keys of this tenant.
         #[arg(long)]
         tenant: Option<String>,
     },
@@ -484,12 +499,13 @@ enum SilenceAction {
         /// How long from --starts-at, e.g. 2h, 30m, 1d.
         #[arg(long, conflicts_with = "ends_at")]
         duration: Option<String>,
-        /// End time (RFC 3339).
-        #[arg(long)]
+        /// End time, RFC 3339 (2026-12-01T18:00:00Z).
+        #[arg(long, value_parser = rfc3339)]
         ends_at: Option<chrono::DateTime<chrono::Utc>>,
-        /// Start time (RFC 3339), default now.
-        #[arg(long)]
+        /// Start time, RFC 3339 (2026-12-01T08:00:00Z); default now.
+        #[arg(long, value_parser = rfc3339)]
         starts_at: Option<chrono::DateTime<chrono::Utc>>,
+        /// Why (shown by `silence list`).
         #[arg(long, default_value = "")]
         comment: String,
         /// Who adds it (default $USER).
@@ -498,6 +514,7 @@ enum SilenceAction {
     },
     /// List silences not yet ended (--all: ended ones too).
     List {
+        /// Also list silences that have ended.
         #[arg(long)]
         all: bool,
     },
@@ -510,11 +527,13 @@ enum AnalystsAction {
     /// Create a login role that reads only `--tenant`'s rows. The password is read
     /// from --password-file (first line), else from $STOREPULSE_ANALYST_PASSWORD.
     Create {
+        /// The tenant whose rows the role may read.
         #[arg(long)]
         tenant: String,
         /// Role name: lower-case letters, digits and _, starting with a letter.
         #[arg(long)]
         role: String,
+        /// File whose first line is the password (else $STOREPULSE_ANALYST_PASSWORD).
         #[arg(long)]
         password_file: Option<PathBuf>,
     },
@@ -522,6 +541,7 @@ enum AnalystsAction {
     List,
     /// Drop an analyst role (only roles created by `analysts create`).
     Drop {
+        /// The analyst role to drop.
         #[arg(long)]
         role: String,
     },
@@ -624,19 +644,83 @@ fn postgres(src: &ConfigSource, url: Option<String>) -> anyhow::Result<PostgresC
     Ok(pg)
 }
 
+/// `--source-topic`: `api` or one of the pipeline's topics (a typo would otherwise
+/// select nothing, silently).
+fn source_topic_name(text: &str) -> Result<String, String> {
+    let t = text.trim();
+    if t == "api" || topic::ALL.contains(&t) {
+        Ok(t.to_string())
+    } else {
+        Err(format!(
+            "{t:?} is not a source of dead letters; one of: api, {}",
+            topic::ALL.join(", ")
+        ))
+    }
+}
+
+/// A time flag: RFC 3339, with an error that says so.
+fn rfc3339(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    chrono::DateTime::parse_from_rfc3339(text.trim())
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|e| format!("{e}: expected an RFC 3339 time such as 2026-12-01T08:00:00Z"))
+}
+
+/// A "since" flag: RFC 3339, or a duration before now (`30m`, `12h`, `7d`).
+fn time_or_ago(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    if let Ok(t) = rfc3339(text) {
+        return Ok(t);
+    }
+    let ago = storepulse_runtime::span::parse_duration(text).map_err(|_| {
+        format!(
+            "{text:?}: expected an RFC 3339 time (2026-12-01T08:00:00Z) or a duration ago (30m, 12h, 7d)"
+        )
+    })?;
+    let ago = chrono::Duration::from_std(ago).map_err(|e| e.to_string())?;
+    Ok(chrono::Utc::now() - ago)
+}
+
+/// `--stores`, `--batch` and the like: a count of at least 1.
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A pool on the database at `url` (else the configured one), checked by one
+/// connection so a wrong address fails here, naming it (password hidden).
+async fn connected_pool(
+    src: &ConfigSource,
+    url: Option<String>,
+) -> anyhow::Result<deadpool_postgres::Pool> {
+    let pg = postgres(src, url)?;
+    let shown = storepulse::effective_config::redact_postgres_url(&pg.url);
+    let pool = db::pool(&pg).with_context(|| format!("database {shown}"))?;
+    drop(
+        pool.get()
+            .await
+            .with_context(|| format!("cannot connect to the database {shown}"))?,
+    );
+    Ok(pool)
+}
+
 /// A pool on the read store (`url`, else the configured one), migrated.
 async fn migrated_read_store(
     src: &ConfigSource,
     url: Option<String>,
 ) -> anyhow::Result<deadpool_postgres::Pool> {
-    let pool = db::pool(&postgres(src, url)?)?;
+    let pool = connected_pool(src, url).await?;
     db::migrate(&pool).await?;
     Ok(pool)
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+async fn main() -> std::process::ExitCode {
+    shutdown::exit_code(run(Cli::parse()).await)
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     let src = ConfigSource::load(cli.config.as_deref())?;
     let token = CancellationToken::new();
     match cli.command {
@@ -674,7 +758,7 @@ async fn main() -> anyhow::Result<()> {
             invalid_ratio,
         } => {
             shutdown::cancel_on_signals(token.clone());
-            let pool = db::pool(&postgres(&src, database_url)?)?;
+            let pool = connected_pool(&src, database_url).await?;
             let mut sim = Simulator::new(SimConfig {
                 tenant_id: tenant.clone(),
                 stores,
@@ -881,7 +965,7 @@ async fn main() -> anyhow::Result<()> {
             comment,
             database_url,
         } => {
-            let pool = db::pool(&postgres(&src, database_url)?)?;
+            let pool = connected_pool(&src, database_url).await?;
             storepulse_notifier::silences::ensure_schema(&pool).await?;
             let by = by
                 .or_else(|| std::env::var("USER").ok())
@@ -900,7 +984,7 @@ async fn main() -> anyhow::Result<()> {
             database_url,
         } => {
             use storepulse_notifier::silences;
-            let pool = db::pool(&postgres(&src, database_url)?)?;
+            let pool = connected_pool(&src, database_url).await?;
             silences::ensure_schema(&pool).await?;
             match action {
                 SilenceAction::Add {
@@ -1040,7 +1124,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Migrate { database_url } => {
-            let pool = db::pool(&postgres(&src, database_url)?)?;
+            let pool = connected_pool(&src, database_url).await?;
             let applied = db::migrate(&pool).await?;
             println!("applied migrations: {applied:?}");
             println!("read store: {}", db::flavour(&pool).await?);

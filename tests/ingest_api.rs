@@ -378,3 +378,168 @@ async fn every_bound_is_enforced_with_a_named_field() {
     );
     shutdown.cancel();
 }
+
+/// Writes `request` on a new connection (and keeps it open), then returns what the
+/// server sent before it closed the connection, or `None` if it stayed silent and open
+/// for `within`.
+async fn answer_to_stalled(addr: &str, request: String, within: Duration) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut sock = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    sock.write_all(request.as_bytes()).await.expect("write");
+    let mut out = Vec::new();
+    tokio::time::timeout(within, sock.read_to_end(&mut out))
+        .await
+        .ok()
+        .map(|_| String::from_utf8_lossy(&out).into_owned())
+}
+
+/// Clients that stall hold neither a connection nor shutdown; odd requests (compressed
+/// bodies, unknown paths and methods, numbers beyond f64, lone surrogates) get a JSON
+/// answer that names what is wrong, and a bad value rejects its event, not the batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_clients_and_odd_requests_get_clear_answers() {
+    let stack = TestStack::start("ingeststall").await;
+    let shutdown = CancellationToken::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let url = format!("http://{addr}");
+    let config = IngestConfig {
+        kafka: stack.kafka.clone(),
+        postgres: stack.postgres.clone(),
+        log: Default::default(),
+        ingest: IngestSettings {
+            read_timeout_ms: 500,
+            shutdown_grace_ms: 20_000,
+            ..Default::default()
+        },
+    };
+    let server = tokio::spawn(storepulse_ingest::run_with_listener(
+        config,
+        listener,
+        shutdown.clone(),
+    ));
+    let client = reqwest::Client::new();
+    eventually("ingest listening", Duration::from_secs(30), || {
+        let c = client.clone();
+        let u = format!("{url}/healthz");
+        async move { c.get(u).send().await.ok().filter(|r| r.status() == 200) }
+    })
+    .await;
+    let key = storepulse_ingest::api_keys::create(&stack.pool, "acme", "s-1", "t")
+        .await
+        .expect("key");
+    let auth = format!("Bearer {}", key.token);
+
+    // A body that stops arriving: 408 once read_timeout_ms has passed.
+    let head = format!(
+        "POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n[{{\"type\":"
+    );
+    let answer = answer_to_stalled(&addr, head.clone(), Duration::from_secs(20))
+        .await
+        .expect("a stalled body is answered, not held open");
+    assert!(
+        answer.starts_with("HTTP/1.1 408") && answer.contains("request_timeout"),
+        "{answer}"
+    );
+    // Headers that stop arriving: the connection is closed.
+    let answer = answer_to_stalled(
+        &addr,
+        "POST /v1/events HTTP/1.1\r\nHost: x\r\n".into(),
+        Duration::from_secs(20),
+    )
+    .await;
+    assert!(
+        answer.is_some(),
+        "a connection stalled in its headers was held open"
+    );
+
+    let one = serde_json::to_vec(&json!([reading("s-1")])).expect("json");
+    let (s, b) = post_raw(
+        &url,
+        &[
+            ("authorization", auth.as_str()),
+            ("content-type", "application/json"),
+            ("content-encoding", "gzip"),
+        ],
+        one,
+    )
+    .await;
+    assert_eq!(
+        (s, b["error"].as_str()),
+        (415, Some("unsupported_content_encoding")),
+        "{b}"
+    );
+    let resp = client
+        .get(format!("{url}/v1/events"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(resp.status(), 405);
+    let b: Value = resp.json().await.expect("405 has a JSON body");
+    assert!(
+        b["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("POST /v1/events")),
+        "{b}"
+    );
+    let resp = client
+        .get(format!("{url}/v2/nope"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(resp.status(), 404);
+    let b: Value = resp.json().await.expect("404 has a JSON body");
+    assert_eq!(b["error"], "not_found", "{b}");
+
+    // JSON allows these; we cannot store them. Each rejects its own event only.
+    let good = reading("s-1");
+    let mut huge = serde_json::to_string(&reading("s-1")).expect("json");
+    huge = huge.replace("-18.2", "1e400");
+    let mut surrogate = serde_json::to_string(&reading("s-1")).expect("json");
+    surrogate = surrogate.replace("\"freezer-1\"", "\"\\ud800\"");
+    let body = format!("[{good},{huge},{surrogate}]");
+    let (s, b) = post_raw(
+        &url,
+        &[
+            ("authorization", auth.as_str()),
+            ("content-type", "application/json"),
+        ],
+        body.into_bytes(),
+    )
+    .await;
+    assert_eq!(s, 207, "{b}");
+    assert_eq!(result_of(&b, 0).0, "accepted", "{b}");
+    assert_eq!(
+        (result_of(&b, 1).0.as_str(), result_of(&b, 1).1.as_str()),
+        ("rejected", "value"),
+        "{b}"
+    );
+    assert_eq!(
+        (result_of(&b, 2).0.as_str(), result_of(&b, 2).1.as_str()),
+        ("rejected", "device_id"),
+        "{b}"
+    );
+
+    // A client stalled mid-body when SIGTERM comes does not hold shutdown for the
+    // 20 s grace: its request ends at the read timeout and the server returns.
+    use tokio::io::AsyncWriteExt;
+    let mut stalled = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    stalled.write_all(head.as_bytes()).await.expect("write");
+    let mut idle = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    shutdown.cancel();
+    let stopped = tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("ingest stops within 10 s with a stalled client connected")
+        .expect("join");
+    assert!(stopped.is_ok(), "{stopped:?}");
+    drop((stalled, idle));
+}

@@ -66,7 +66,7 @@ impl Default for CompactorSettings {
             batch_max_records: 2_000,
             batch_max_wait_ms: 100,
             shutdown_grace_ms: 30_000,
-            unknown_schema_hold_secs: 900,
+            unknown_schema_hold_secs: 120,
             maintenance_interval_secs: 3_600,
             retention: retention::default_retention(),
         }

@@ -135,7 +135,7 @@ impl Default for ForecasterSettings {
             batch_max_records: 2_000,
             batch_max_wait_ms: 100,
             shutdown_grace_ms: 30_000,
-            unknown_schema_hold_secs: 900,
+            unknown_schema_hold_secs: 120,
         }
     }
 }

@@ -20,7 +20,11 @@ struct Args {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    shutdown::exit_code(run_service().await)
+}
+
+async fn run_service() -> anyhow::Result<()> {
     let args = Args::parse();
     let config = storepulse_forecaster::config(&ConfigSource::load(args.config.as_deref())?)?;
     let log = config.log.clone();

@@ -9,10 +9,12 @@
 //! | 207 | some accepted, some rejected (see `results`) |
 //! | 422 | every event rejected (see `results`) |
 //! | 400 | body is not a JSON array of events, is empty, or could not be read whole |
+//! | 408 | the body did not arrive whole within `read_timeout_ms` |
 //! | 401 | missing, unknown or revoked API key |
 //! | 403 | an event names another tenant or store than the key's; nothing published |
 //! | 413 | body larger than `max_body_bytes`, or more than `max_batch_events` events |
-//! | 415 | `Content-Type` is not JSON (`application/json`, or `application/*+json`) |
+//! | 415 | `Content-Type` is not JSON (`application/json`, or `application/*+json`), or a `Content-Encoding` is set |
+//! | 404/405 | unknown path / wrong method (JSON `error` and `message` as everywhere) |
 //! | 429 | the key's event rate is exhausted; `Retry-After` says when to retry |
 //! | 503 | broker or key store unavailable; `Retry-After`; retry the whole batch |
 //!
@@ -182,6 +184,54 @@ fn is_json(headers: &HeaderMap) -> bool {
         || (mime.starts_with("application/") && mime.ends_with("+json")))
 }
 
+/// One event's JSON as a value. The batch already parsed as JSON, so what fails here
+/// is a value JSON allows but we cannot read (a number beyond f64 such as `1e400`, a
+/// lone UTF-16 surrogate in a string): that event is rejected naming the field, and
+/// the rest of the batch goes on.
+fn parse_event_value(raw: &str) -> Result<serde_json::Value, Rejection> {
+    let mut de = serde_json::Deserializer::from_str(raw);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let reason = format!("unreadable value: {}", e.inner());
+        if path.is_empty() || path == "." {
+            Rejection::whole(reason)
+        } else {
+            Rejection::field(path, reason)
+        }
+    })
+}
+
+/// The request's `Content-Encoding` unless it is absent or `identity`.
+fn content_encoding(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::CONTENT_ENCODING)?;
+    let value = String::from_utf8_lossy(value.as_bytes()).trim().to_string();
+    (!value.is_empty() && !value.eq_ignore_ascii_case("identity")).then_some(value)
+}
+
+/// JSON answer for paths the API does not have (instead of an empty 404).
+pub async fn not_found(uri: axum::http::Uri) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!(
+            "no such path `{}`; events go to POST /v1/events",
+            uri.path()
+        ),
+    )
+}
+
+/// JSON answer for a known path asked with the wrong method (instead of an empty 405).
+pub async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!(
+            "`{method} {}` is not served; events go to POST /v1/events",
+            uri.path()
+        ),
+    )
+}
+
 /// Whether a body read failed because the body is longer than the limit (413), not
 /// because the client broke off or sent a malformed body (400).
 fn is_length_limit(e: &axum::Error) -> bool {
@@ -252,7 +302,26 @@ async fn handle(api: &IngestApi, headers: &HeaderMap, body: Body) -> Response {
             "send the batch as UTF-8 JSON with `Content-Type: application/json`",
         );
     }
-    let bytes = match axum::body::to_bytes(body, s.max_body_bytes).await {
+    if let Some(encoding) = content_encoding(headers) {
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_content_encoding",
+            format!("Content-Encoding `{encoding}` is not accepted; send the JSON uncompressed"),
+        );
+    }
+    let read_timeout = std::time::Duration::from_millis(s.read_timeout_ms);
+    let read = tokio::time::timeout(read_timeout, axum::body::to_bytes(body, s.max_body_bytes));
+    let Ok(read) = read.await else {
+        return error(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!(
+                "the request body did not arrive whole within {} ms; nothing was published",
+                s.read_timeout_ms
+            ),
+        );
+    };
+    let bytes = match read {
         Ok(b) => b,
         Err(e) if !is_length_limit(&e) => {
             return error(
@@ -318,14 +387,14 @@ async fn handle(api: &IngestApi, headers: &HeaderMap, body: Body) -> Response {
     let policy = s.validation_policy();
     let mut checked = Vec::with_capacity(raw.len());
     for (index, r) in raw.iter().enumerate() {
-        let value: serde_json::Value = match serde_json::from_str(r.get()) {
+        let value = match parse_event_value(r.get()) {
             Ok(v) => v,
-            Err(e) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "malformed_json",
-                    format!("event {index}: {e}"),
-                );
+            Err(rejection) => {
+                checked.push(Checked::Invalid {
+                    event_id: None,
+                    rejection,
+                });
+                continue;
             }
         };
         match check_event(&value, &who, now, policy) {

@@ -58,6 +58,10 @@ pub struct IngestSettings {
     pub max_quantity: f64,
     /// Largest unit price, in minor currency units.
     pub max_unit_price_minor: i64,
+    /// Longest a client may take to send a request's headers, and then its body, in
+    /// ms. A body slower than this gets 408; headers slower than this close the
+    /// connection. Stalled clients hold neither a connection nor shutdown.
+    pub read_timeout_ms: u64,
     /// Time given to in-flight requests on SIGTERM, in ms.
     pub shutdown_grace_ms: u64,
 }
@@ -76,6 +80,7 @@ impl Default for IngestSettings {
             max_event_age_secs: 30 * 24 * 3600,
             max_quantity: 1_000_000.0,
             max_unit_price_minor: 100_000_000_000,
+            read_timeout_ms: 15_000,
             shutdown_grace_ms: 30_000,
         }
     }
@@ -94,6 +99,12 @@ impl Validate for IngestSettings {
         }
         if self.rate_limit_burst < 1.0 {
             return Err(invalid(s, "rate_limit_burst", "must be >= 1"));
+        }
+        if self.read_timeout_ms < 100 {
+            return Err(invalid(s, "read_timeout_ms", "must be >= 100"));
+        }
+        if self.shutdown_grace_ms < 1_000 {
+            return Err(invalid(s, "shutdown_grace_ms", "must be >= 1000"));
         }
         if self.max_event_age_secs == 0 {
             return Err(invalid(s, "max_event_age_secs", "must be > 0"));
@@ -181,11 +192,22 @@ pub async fn run_with_listener(
         .merge(ops_http::ops_router(
             registry,
             vec![kafka::readiness(&config.kafka), db::readiness(pool)],
-        ));
+        ))
+        .fallback(api::not_found)
+        .method_not_allowed_fallback(api::method_not_allowed);
 
     info!(addr = %listener.local_addr()?, "ingest listening");
     let mut tasks = ServiceTasks::new(&shutdown);
-    tasks.spawn("http", ops_http::serve(listener, router, tasks.token()));
+    // Requests in flight at shutdown get most of the grace period to finish (their
+    // body reads are bounded by read_timeout_ms); the rest is for the producer flush.
+    let timeouts = ops_http::HttpTimeouts {
+        header_read: Duration::from_millis(s.read_timeout_ms),
+        drain: Duration::from_millis(s.shutdown_grace_ms * 3 / 4),
+    };
+    tasks.spawn(
+        "http",
+        ops_http::serve_with(listener, router, tasks.token(), timeouts),
+    );
     tasks
         .join(Duration::from_millis(s.shutdown_grace_ms))
         .await?;

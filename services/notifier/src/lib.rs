@@ -93,7 +93,7 @@ impl Default for NotifierSettings {
             batch_max_records: 500,
             batch_max_wait_ms: 5,
             shutdown_grace_ms: 30_000,
-            unknown_schema_hold_secs: 900,
+            unknown_schema_hold_secs: 120,
             ack_token_file: PathBuf::new(),
         }
     }

@@ -627,6 +627,12 @@ impl Matcher {
             .iter()
             .find_map(|op| rest.strip_prefix(op).map(|v| (*op, v.trim())))
             .ok_or_else(|| format!("{t:?}: unknown operator (use =, !=, =~ or !~)"))?;
+        if value.starts_with(['=', '~']) {
+            return Err(format!(
+                "{t:?}: unknown operator `{op}{}` (use =, !=, =~ or !~)",
+                &value[..1]
+            ));
+        }
         if name.is_empty()
             || !name
                 .chars()
@@ -976,25 +982,10 @@ impl Policy {
     }
 }
 
-/// Parses `500ms`, `30s`, `5m`, `4h`, `1d` (zero allowed).
+/// Parses `500ms`, `30s`, `5m`, `1h30m`, `1d` (zero allowed): the one duration syntax
+/// of StorePulse ([`storepulse_runtime::span`]).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (number, unit) = t.split_at(digits);
-    let bad =
-        || format!("{text:?} is not a duration: a number with a unit (ms, s, m, h, d), e.g. 30s");
-    let n: u64 = number.parse().map_err(|_| bad())?;
-    let ms_per = match unit {
-        "ms" => 1,
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => return Err(bad()),
-    };
-    Ok(Duration::from_millis(
-        n.checked_mul(ms_per).ok_or_else(bad)?,
-    ))
+    storepulse_runtime::span::parse_duration(text)
 }
 
 fn duration_at(path: &str, field: &str, text: &str) -> Result<Duration, PolicyError> {
@@ -1436,6 +1427,21 @@ pub fn group_labels(timing: &GroupTiming, alert: &AlertTransition) -> HashMap<St
 mod tests {
     use super::*;
 
+    #[test]
+    fn doubled_operators_are_refused_not_read_as_values() {
+        for text in [
+            "store == s-1",
+            "store !== s-1",
+            "store =~~ x",
+            "store = =s-1",
+        ] {
+            let err = Matcher::parse(text).expect_err(text);
+            assert!(err.contains("operator"), "{text}: {err}");
+        }
+        let ok = Matcher::parse("store = \"s-1\"").expect("plain =");
+        assert!(matches!(ok.op, Op::Eq(ref v) if v == "s-1"));
+    }
+
     fn alert(store: &str, severity: AlertSeverity, labels: &[(&str, &str)]) -> AlertTransition {
         serde_json::from_value(serde_json::json!({
             "envelope": {"event_id": "e", "tenant_id": "acme", "store_id": store,
@@ -1618,10 +1624,10 @@ mod example_file {
             &slack_token.display().to_string(),
         );
         let env = |n: &str| match n {
-            "STOREPULSE_OPS_WEBHOOK_SECRET"
-            | "STOREPULSE_WHATSAPP_TOKEN"
-            | "STOREPULSE_SMTP_PASSWORD" => Some("x".to_string()),
-            "STOREPULSE_SLACK_COLD_CHAIN_URL" => {
+            "NOTIFY_OPS_WEBHOOK_SECRET" | "NOTIFY_WHATSAPP_TOKEN" | "NOTIFY_SMTP_PASSWORD" => {
+                Some("x".to_string())
+            }
+            "NOTIFY_SLACK_COLD_CHAIN_URL" => {
                 Some("https://hooks.slack.com/services/T0/B0/x".to_string())
             }
             _ => None,

@@ -17,7 +17,7 @@ pub mod machines;
 pub mod observation;
 pub mod processor;
 pub mod rule_file;
-pub mod span;
+pub use storepulse_runtime::span;
 pub mod topic_reader;
 
 use std::path::{Path, PathBuf};
@@ -107,7 +107,7 @@ impl Default for RulesSettings {
             batch_max_records: 2_000,
             batch_max_wait_ms: 100,
             shutdown_grace_ms: 30_000,
-            unknown_schema_hold_secs: 900,
+            unknown_schema_hold_secs: 120,
         }
     }
 }

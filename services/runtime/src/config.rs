@@ -40,10 +40,25 @@ pub enum ConfigError {
     File { path: PathBuf, reason: String },
     #[error("unknown config section `{0}` (known: {known})", known = SECTIONS.join(", "))]
     UnknownSection(String),
+    #[error(
+        "environment variable {var} is read as configuration (every STOREPULSE_* variable is), \
+         but `{section}` is not a section: configuration variables are \
+         STOREPULSE_<SECTION>__<KEY> with a double underscore (sections: {known}); \
+         rename the variable",
+        known = SECTIONS.join(", ")
+    )]
+    UnknownEnvSection { var: String, section: String },
     #[error("config: {0}")]
     Parse(Box<figment::Error>),
     #[error("config key `{key}`: {reason}")]
     Invalid { key: String, reason: String },
+    /// A value of the wrong type, and where it came from (file or variable).
+    #[error("config key `{key}`{from}: {reason}")]
+    Value {
+        key: String,
+        from: String,
+        reason: String,
+    },
 }
 
 /// Checks that go beyond types. Errors name the full key (`section.key`).
@@ -98,7 +113,17 @@ impl ConfigSource {
             .extract()
             .map_err(|e| ConfigError::Parse(Box::new(e)))?;
         if let Some(unknown) = top.keys().find(|k| !SECTIONS.contains(&k.as_str())) {
-            return Err(ConfigError::UnknownSection(unknown.clone()));
+            let from_env = figment
+                .find_metadata(unknown)
+                .is_some_and(|m| m.name.contains("environment"));
+            return Err(if from_env {
+                ConfigError::UnknownEnvSection {
+                    var: format!("{ENV_PREFIX}{}", unknown.to_ascii_uppercase()),
+                    section: unknown.clone(),
+                }
+            } else {
+                ConfigError::UnknownSection(unknown.clone())
+            });
         }
         Ok(Self { figment })
     }
@@ -113,7 +138,7 @@ impl ConfigSource {
         let value: T = Figment::from(Serialized::default(name, &default))
             .merge(self.figment.clone())
             .extract_inner(name)
-            .map_err(|e| ConfigError::Parse(Box::new(e)))?;
+            .map_err(|e| keyed_error(name, e))?;
         value.validate(name)?;
         Ok(value)
     }
@@ -126,12 +151,48 @@ impl ConfigSource {
         let value: T = if self.figment.find_value(name).is_ok() {
             self.figment
                 .extract_inner(name)
-                .map_err(|e| ConfigError::Parse(Box::new(e)))?
+                .map_err(|e| keyed_error(name, e))?
         } else {
             T::default()
         };
         value.validate(name)?;
         Ok(value)
+    }
+}
+
+/// A section's extraction error as `config key `section.key` (from <source>): <what>`.
+/// figment's own text names an environment variable's key backwards
+/// (`PARTITIONS.KAFKA`); this names the key as the file and `config show` spell it,
+/// and the variable as it is set.
+fn keyed_error(section: &str, e: figment::Error) -> ConfigError {
+    // figment appends the section to the inner key's path (["partitions", "kafka"]).
+    let mut path: Vec<String> = e.path.clone();
+    if path.last().map(String::as_str) == Some(section) {
+        path.pop();
+    }
+    if path.first().map(String::as_str) == Some(section) {
+        path.remove(0);
+    }
+    path.insert(0, section.to_string());
+    if path.len() < 2 {
+        return ConfigError::Parse(Box::new(e));
+    }
+    let key = path.join(".");
+    let from = match &e.metadata {
+        Some(m) if m.name.contains("environment") => format!(
+            " (from environment variable {ENV_PREFIX}{})",
+            path.join("__").to_ascii_uppercase()
+        ),
+        Some(m) => match &m.source {
+            Some(figment::Source::File(f)) => format!(" (from {})", f.display()),
+            _ => String::new(),
+        },
+        None => String::new(),
+    };
+    ConfigError::Value {
+        key,
+        from,
+        reason: e.kind.to_string(),
     }
 }
 
@@ -763,6 +824,37 @@ mod tests {
             assert_eq!(k.brokers, "env:2", "env overrides file");
             assert_eq!(k.partitions, 3, "file overrides default");
             assert_eq!(k.produce_timeout_ms, 5_000, "default kept");
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure signature, not ours
+    fn environment_errors_name_the_variable_and_the_key() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("STOREPULSE_OPS_WEBHOOK_SECRET", "s3cret");
+            let err = ConfigSource::load(None)
+                .expect_err("not a section")
+                .to_string();
+            assert!(
+                err.contains("STOREPULSE_OPS_WEBHOOK_SECRET") && err.contains("__"),
+                "{err}"
+            );
+            Ok(())
+        });
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("STOREPULSE_KAFKA__PARTITIONS", "many");
+            let src = ConfigSource::load(None).expect("load");
+            let err = src
+                .section::<KafkaConfig>("kafka")
+                .expect_err("not a number")
+                .to_string();
+            assert!(
+                err.contains(
+                    "`kafka.partitions` (from environment variable STOREPULSE_KAFKA__PARTITIONS)"
+                ),
+                "{err}"
+            );
             Ok(())
         });
     }

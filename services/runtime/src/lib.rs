@@ -18,6 +18,7 @@ pub mod records;
 pub mod schema_registry;
 pub mod service_shell;
 pub mod shutdown;
+pub mod span;
 pub mod telemetry;
 pub mod topic_admin;
 pub mod vocabulary;

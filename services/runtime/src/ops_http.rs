@@ -110,15 +110,113 @@ async fn metrics(State(state): State<OpsState>) -> impl IntoResponse {
         .into_response()
 }
 
-/// Serves `router` on `listener` until `shutdown` is cancelled.
+/// How long [`serve`] lets clients take, and lets requests finish at shutdown.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpTimeouts {
+    /// Longest a client may take to send a request's headers; the connection is
+    /// closed after that (a stalled or slow-loris client cannot hold a connection,
+    /// nor hold up shutdown).
+    pub header_read: Duration,
+    /// After shutdown begins: how long requests already being answered may take to
+    /// finish before their connections are closed. Idle keep-alive connections close
+    /// at once.
+    pub drain: Duration,
+}
+
+impl Default for HttpTimeouts {
+    fn default() -> Self {
+        Self {
+            header_read: Duration::from_secs(10),
+            drain: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Serves `router` on `listener` until `shutdown` is cancelled, with the default
+/// [`HttpTimeouts`].
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     shutdown: CancellationToken,
 ) -> Result<(), std::io::Error> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+    serve_with(listener, router, shutdown, HttpTimeouts::default()).await
+}
+
+/// Serves `router` (HTTP/1.1) on `listener` until `shutdown` is cancelled, then stops
+/// accepting, lets requests in flight finish for at most `timeouts.drain`, and
+/// returns.
+pub async fn serve_with(
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+    timeouts: HttpTimeouts,
+) -> Result<(), std::io::Error> {
+    let mut connections = tokio::task::JoinSet::new();
+    let closing = CancellationToken::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => {
+                    connections.spawn(serve_connection(
+                        stream,
+                        router.clone(),
+                        timeouts.header_read,
+                        closing.clone(),
+                    ));
+                }
+                // A connection that failed between SYN and accept, or a process out of
+                // file descriptors: neither stops the server.
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    drop(listener);
+    closing.cancel();
+    let drained = tokio::time::timeout(timeouts.drain, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            open = connections.len(),
+            drain = ?timeouts.drain,
+            "requests still unanswered when the shutdown drain ended; closing their connections"
+        );
+        connections.abort_all();
+    }
+    Ok(())
+}
+
+/// One connection: HTTP/1.1 with a header-read timeout, shut down gracefully (finish
+/// the request in flight, then close) once `closing` is cancelled.
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    router: Router,
+    header_read: Duration,
+    closing: CancellationToken,
+) {
+    let service = hyper_util::service::TowerToHyperService::new(router);
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_read);
+    let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+    let mut conn = std::pin::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        _ = closing.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
 }
 
 /// Binds `addr`, with an error that names it.

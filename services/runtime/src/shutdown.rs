@@ -158,6 +158,19 @@ where
     run(config, token).await
 }
 
+/// The process exit for a binary's result: on error, one line `error: <what>: <why>`
+/// on stderr (the whole cause chain, never a backtrace, whatever `RUST_BACKTRACE`
+/// says) and status 1.
+pub fn exit_code<E: std::fmt::Display>(result: Result<(), E>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Cancels `token` on SIGTERM or SIGINT. A second signal exits the process at once.
 pub fn cancel_on_signals(token: CancellationToken) {
     tokio::spawn(async move {

@@ -1,5 +1,7 @@
-//! Durations as written in rule files (`30s`, `10m`, `1h30m`, `500ms`, `7d`), held
-//! as microseconds like every event time.
+//! Durations as people write them everywhere in StorePulse — rule files, the notifier
+//! policy, command-line flags: `30s`, `10m`, `1h30m`, `500ms`, `7d`, `2w`. One syntax,
+//! one parser. Held as microseconds like every event time, or as a
+//! [`std::time::Duration`].
 
 /// Microseconds per unit.
 pub const MS: i64 = 1_000;
@@ -49,6 +51,12 @@ pub fn parse(text: &str) -> Result<i64, String> {
     Ok(total)
 }
 
+/// [`parse`] as a [`std::time::Duration`].
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let us = parse(text)?;
+    Ok(std::time::Duration::from_micros(us.unsigned_abs()))
+}
+
 /// A duration for people: `10m`, `1h30m`, `45s`, `250ms`.
 pub fn format(us: i64) -> String {
     if us == 0 {
@@ -90,6 +98,10 @@ mod tests {
         assert_eq!(parse("7d"), Ok(7 * DAY));
         assert_eq!(parse("2w"), Ok(14 * DAY));
         assert_eq!(parse("0"), Ok(0));
+        assert_eq!(
+            parse_duration("1m30s"),
+            Ok(std::time::Duration::from_secs(90))
+        );
         for bad in ["", "10", "m", "10x", "-5m", "1.5h", "99999999999999999d"] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }
