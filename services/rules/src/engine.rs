@@ -362,16 +362,27 @@ impl Engine {
 
     /// Open incidents (firing cells) across every held partition.
     pub fn firing(&self) -> usize {
-        let mut n = 0;
+        self.firing_by_rule().values().sum()
+    }
+
+    /// Incidents firing now, by rule name (for the `rule`-labelled gauge: rules are
+    /// configured, so the label is bounded).
+    pub fn firing_by_rule(&self) -> BTreeMap<&str, usize> {
+        let mut by_rule: BTreeMap<&str, usize> = BTreeMap::new();
         for p in self.partitions.values() {
             for s in p.stores.values() {
-                for cells in s.entities.iter().flat_map(|m| m.values()) {
-                    n += cells.cells.iter().filter(|c| is_firing(&c.state)).count();
+                let cells = s
+                    .entities
+                    .iter()
+                    .flat_map(|m| m.values())
+                    .flat_map(|e| e.cells.iter())
+                    .chain(s.store_cells.iter());
+                for c in cells.filter(|c| is_firing(&c.state)) {
+                    *by_rule.entry(c.rule.as_str()).or_default() += 1;
                 }
-                n += s.store_cells.iter().filter(|c| is_firing(&c.state)).count();
             }
         }
-        n
+        by_rule
     }
 
     /// One input record of `partition`, read at wall-clock `now` (µs).

@@ -325,6 +325,11 @@ fn a_whole_store_silent_fires_once_over_every_source() {
         s,
         vec![("store-silent".into(), "s1".into(), true, 5 * M, 20 * M)]
     );
+    // What the `rule`-labelled firing gauge shows (StorePulseStoresSilent alerts on it).
+    assert_eq!(
+        e.firing_by_rule(),
+        BTreeMap::from([("pos-offline", 1), ("store-silent", 1)])
+    );
     let mut out2 = Output::default();
     e.observe(
         0,
@@ -341,6 +346,7 @@ fn a_whole_store_silent_fires_once_over_every_source() {
         s,
         vec![("store-silent".into(), "s1".into(), false, 5 * M, 30 * M)]
     );
+    assert_eq!(e.firing_by_rule(), BTreeMap::from([("pos-offline", 1)]));
 }
 
 #[test]

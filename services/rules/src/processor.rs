@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use futures::future::join_all;
-use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use storepulse_runtime::consumer::{Batch, BatchProcessor, ConsumedRecord, Failure};
 use storepulse_runtime::contract::{RecordContract, check_envelope};
 use storepulse_runtime::records::{
@@ -42,7 +42,8 @@ pub struct RulesMetrics {
     pub late: IntCounterVec,
     pub skipped: IntCounterVec,
     pub transitions: IntCounterVec,
-    pub firing: IntGauge,
+    /// `storepulse_rules_alerts_firing{rule}`: incidents firing now on this member.
+    pub firing: IntGaugeVec,
     pub outbox: IntGauge,
     pub rules_loaded: IntGauge,
     pub reloads: IntCounterVec,
@@ -51,6 +52,15 @@ pub struct RulesMetrics {
 }
 
 impl RulesMetrics {
+    /// Sets the firing gauge from the engine: one series per rule with incidents
+    /// firing (series of rules with none are removed).
+    pub fn set_firing(&self, engine: &Engine) {
+        self.firing.reset();
+        for (rule, n) in engine.firing_by_rule() {
+            self.firing.with_label_values(&[rule]).set(n as i64);
+        }
+    }
+
     pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
         let m = Self {
             applied: IntCounterVec::new(
@@ -81,7 +91,13 @@ impl RulesMetrics {
                 ),
                 &["state"],
             )?,
-            firing: IntGauge::new("rules_alerts_firing", "Incidents firing now on this member")?,
+            firing: IntGaugeVec::new(
+                Opts::new(
+                    "rules_alerts_firing",
+                    "Incidents firing now on this member, by rule",
+                ),
+                &["rule"],
+            )?,
             outbox: IntGauge::new(
                 "rules_outbox_records",
                 "Decided transitions not yet acknowledged by the broker",
@@ -346,7 +362,7 @@ impl RulesProcessor {
         self.pending = Pending::default();
         self.unpublished
             .extend(committed.outbox.into_iter().map(|r| (r, false)));
-        self.metrics.firing.set(self.engine.firing() as i64);
+        self.metrics.set_firing(&self.engine);
         Ok(())
     }
 
@@ -573,7 +589,7 @@ impl BatchProcessor for RulesProcessor {
                 self.restore(p).await?;
             }
         }
-        self.metrics.firing.set(self.engine.firing() as i64);
+        self.metrics.set_firing(&self.engine);
         self.publish().await
     }
 
@@ -586,7 +602,7 @@ impl BatchProcessor for RulesProcessor {
             );
             self.drop_partition(p);
         }
-        self.metrics.firing.set(self.engine.firing() as i64);
+        self.metrics.set_firing(&self.engine);
     }
 
     fn idle_tick(&self) -> Option<Duration> {

@@ -604,6 +604,66 @@ mod tests {
         assert_eq!(read.rule_kind, None);
     }
 
+    /// Forecasts written before v1.1 (no wide interval, lead time, backtest) read with
+    /// today's schema: the rules' stock rule keeps reading a forecaster not yet
+    /// upgraded.
+    #[test]
+    fn demand_forecast_v1_0_resolves_to_current_reader() {
+        #[derive(Serialize)]
+        struct DayV1_0 {
+            date: i32,
+            mean: f64,
+            lower: f64,
+            upper: f64,
+        }
+        #[derive(Serialize)]
+        struct ForecastV1_0 {
+            envelope: Envelope,
+            sku: String,
+            method: String,
+            interval_level: f64,
+            days: Vec<DayV1_0>,
+            on_hand: Option<f64>,
+            days_of_cover: Option<f64>,
+            stock_out_probability: Option<f64>,
+        }
+        let v1_0 = Schema::parse_str(include_str!(
+            "../../../schemas/history/demand_forecast.v1.0.avsc"
+        ))
+        .expect("v1.0 schema");
+        let old = ForecastV1_0 {
+            envelope: envelope(),
+            sku: "sku-1".into(),
+            method: "holt-winters".into(),
+            interval_level: 0.8,
+            days: vec![DayV1_0 {
+                date: 20_425,
+                mean: 4.5,
+                lower: 2.0,
+                upper: 7.0,
+            }],
+            on_hand: Some(12.0),
+            days_of_cover: Some(2.7),
+            stock_out_probability: None,
+        };
+        let bytes = AvroCodec::encode_with(&v1_0, &old).expect("encode v1.0");
+        let read = AvroCodec::new()
+            .decode::<DemandForecast>(&bytes)
+            .expect("v1.0 is bundled history");
+        assert_eq!(
+            (read.sku.as_str(), read.days_of_cover),
+            ("sku-1", Some(2.7))
+        );
+        assert_eq!(read.days.len(), 1);
+        assert_eq!((read.days[0].date, read.days[0].mean), (20_425, 4.5));
+        assert_eq!(read.days[0].wide_lower, None);
+        assert_eq!(
+            (read.wide_interval_level, read.lead_time_days),
+            (None, None)
+        );
+        assert!(read.backtest.is_none());
+    }
+
     #[test]
     fn garbage_is_a_clear_error() {
         let codec = AvroCodec::new();
