@@ -338,9 +338,30 @@ enum Command {
 enum ForecastAction {
     /// Rolling-origin backtest of every forecasting method and of the forecaster's
     /// per-series choice on the history in Postgres (the forecaster's daily demand,
-    /// postgres.url) or a CSV file: MASE and sMAPE per method against seasonal naive,
-    /// as a table and a PNG chart.
-    Backtest(storepulse_forecaster::backtest_report::BacktestArgs),
+    /// postgres.url), a CSV file, or the store simulator's own sales (--simulated):
+    /// MASE and sMAPE per method against seasonal naive, as a table and a PNG chart.
+    Backtest(ForecastBacktestArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ForecastBacktestArgs {
+    #[command(flatten)]
+    common: storepulse_forecaster::backtest_report::BacktestArgs,
+    /// Backtest on the simulator's own sales instead: the simulation (the events
+    /// `storepulse simulate` posts) run for --days days from 2026-01-05 00:00 UTC,
+    /// its sale, refund and void lines added up per store, SKU and day as the
+    /// forecaster counts demand. Deterministic for a seed.
+    #[arg(long, conflicts_with = "csv")]
+    simulated: bool,
+    /// Days simulated (with --simulated).
+    #[arg(long, default_value_t = 365, value_parser = at_least_one, requires = "simulated")]
+    days: usize,
+    /// Simulated stores, 40 SKUs each (with --simulated).
+    #[arg(long, default_value_t = 3, value_parser = at_least_one, requires = "simulated")]
+    stores: usize,
+    /// Seed of the simulation (with --simulated).
+    #[arg(long, default_value_t = 42, requires = "simulated")]
+    seed: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -1197,13 +1218,41 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Forecast {
             action: ForecastAction::Backtest(args),
         } => {
-            let pg: Option<PostgresConfig> = match &args.csv {
-                Some(_) => None,
-                None => Some(src.section("postgres")?),
+            use storepulse_forecaster::backtest_report::{self, Series};
+            let report = if args.simulated {
+                let cfg = SimConfig {
+                    tenant_id: "backtest".into(),
+                    stores: args.stores,
+                    seed: args.seed,
+                    start: chrono::DateTime::parse_from_rfc3339("2026-01-05T00:00:00Z")?
+                        .with_timezone(&Utc),
+                    invalid_ratio: 0.0,
+                };
+                let days = args.days;
+                let series: Vec<Series> = tokio::task::spawn_blocking(move || {
+                    storepulse::simulator::daily_net_units(cfg, days)
+                })
+                .await?
+                .into_iter()
+                .map(|d| Series {
+                    name: format!("{}/{}", d.store_id, d.sku),
+                    values: d.units,
+                })
+                .collect();
+                let source = format!(
+                    "simulator ({} stores, {} days, seed {})",
+                    args.stores, args.days, args.seed
+                );
+                backtest_report::run_on(series, &source, &args.common).await?
+            } else {
+                let pg: Option<PostgresConfig> = match &args.common.csv {
+                    Some(_) => None,
+                    None => Some(src.section("postgres")?),
+                };
+                backtest_report::run(&args.common, pg.as_ref()).await?
             };
-            let report = storepulse_forecaster::backtest_report::run(&args, pg.as_ref()).await?;
             print!("{}", report.render());
-            println!("chart: {}", args.chart.display());
+            println!("chart: {}", args.common.chart.display());
             Ok(())
         }
         Command::Rules { action } => match action {

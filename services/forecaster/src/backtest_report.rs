@@ -7,7 +7,10 @@
 //! `horizon` periods before the end), every method is fitted on the history before the
 //! origin and scored on the `horizon` periods after it; `auto` is the service's
 //! choice ([`Selection::forecast`]) made on that same history only, so it is scored
-//! out of sample too. A method is averaged over the (series, origin) cases it could be
+//! out of sample too. Daily data has a weekly season (7 periods); other data says its
+//! own (`--period-days 7 --season 52` for weekly sales with a yearly pattern): the
+//! methods, the baseline (the same period of the last season) and MASE's scale all
+//! use it, and origins stay a week apart (one period of weekly data). A method is averaged over the (series, origin) cases it could be
 //! fitted at; `vs naive` is its mean MASE over the seasonal-naive baseline's on those
 //! same cases (below 1: better than the baseline).
 
@@ -20,6 +23,7 @@ use chrono::NaiveDate;
 use crate::methods::accuracy::{mase, smape};
 use crate::methods::selection::Selection;
 use crate::methods::{Method, SEASON};
+
 
 /// Options of `storepulse forecast backtest`.
 #[derive(Debug, Clone, clap::Args)]
@@ -37,9 +41,15 @@ pub struct BacktestArgs {
     /// CSV column naming the series (absent: one series).
     #[arg(long, default_value = "series")]
     pub series_column: String,
-    /// Days between two periods of the CSV (1: daily; 7: weekly). Missing periods count 0.
-    #[arg(long, default_value_t = 1)]
+    /// Days between two periods of the CSV (1: daily; 7: weekly). Missing periods
+    /// count 0. Origins are a week apart: 7 periods of daily data, 1 of weekly.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i64).range(1..))]
     pub period_days: i64,
+    /// Periods in a season, for the methods, the seasonal-naive baseline and MASE's
+    /// scale: 7 for daily demand (a weekly pattern), 52 for weekly sales (a yearly
+    /// pattern), 12 for monthly.
+    #[arg(long, default_value_t = SEASON, value_parser = positive)]
+    pub season: usize,
     /// Only this tenant (Postgres).
     #[arg(long)]
     pub tenant: Option<String>,
@@ -47,7 +57,7 @@ pub struct BacktestArgs {
     #[arg(long)]
     pub store: Option<String>,
     /// Periods forecast from each origin.
-    #[arg(long, default_value_t = 14)]
+    #[arg(long, default_value_t = 14, value_parser = positive)]
     pub horizon: usize,
     /// Origins, a week apart.
     #[arg(long, default_value_t = 3)]
@@ -55,6 +65,14 @@ pub struct BacktestArgs {
     /// Where to write the chart (PNG).
     #[arg(long, default_value = "forecast-backtest.png")]
     pub chart: PathBuf,
+}
+
+/// A whole number of at least 1.
+fn positive(v: &str) -> Result<usize, String> {
+    match v.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("{v:?} is not a whole number of at least 1")),
+    }
 }
 
 /// One series' history, oldest first.
@@ -139,6 +157,7 @@ pub fn load_csv(path: &Path, args: &BacktestArgs) -> Result<Vec<Series>, Backtes
         *points.entry(name).or_default().entry(date).or_default() += value;
     }
     let step = args.period_days.max(1);
+
     Ok(points
         .into_iter()
         .map(|(name, by_date)| Series {
@@ -219,12 +238,59 @@ pub struct Report {
 /// The name of the service's per-series choice in the report.
 pub const AUTO: &str = "auto";
 
+/// How the backtest runs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Setup {
+    /// Periods forecast from each origin.
+    pub horizon: usize,
+    /// Origins per series.
+    pub origins: usize,
+    /// Periods in a season ([`SEASON`] for daily demand).
+    pub season: usize,
+    /// Periods between two origins (a week).
+    pub origin_spacing: usize,
+}
+
+impl Setup {
+    /// Daily data: a weekly season, origins a week apart.
+    pub fn daily(horizon: usize, origins: usize) -> Self {
+        Self {
+            horizon,
+            origins,
+            season: SEASON,
+            origin_spacing: SEASON,
+        }
+    }
+}
+
+impl BacktestArgs {
+    /// The backtest these options ask for.
+    pub fn setup(&self) -> Setup {
+        Setup {
+            horizon: self.horizon,
+            origins: self.origins,
+            season: self.season.max(1),
+            origin_spacing: usize::try_from(7 / self.period_days.max(1))
+                .unwrap_or(1)
+                .max(1),
+        }
+    }
+}
+
 /// Runs the backtest over `series`.
-pub fn evaluate(series: &[Series], horizon: usize, origins: usize) -> Report {
+pub fn evaluate(series: &[Series], setup: Setup) -> Report {
+    let Setup {
+        horizon,
+        origins,
+        season,
+        origin_spacing,
+    } = setup;
+    // The service's choice, with its default inner origins.
     let selection = Selection {
         horizon,
-        origins: 3,
-        mstl: false,
+        season,
+        origin_spacing,
+        ..Selection::default()
     };
     /// One scored forecast: (series, origin), MASE, sMAPE.
     type Case = ((usize, usize), f64, f64);
@@ -234,7 +300,7 @@ pub fn evaluate(series: &[Series], horizon: usize, origins: usize) -> Report {
         let y = &s.values;
         let mut any = false;
         for k in 0..origins {
-            let Some(o) = y.len().checked_sub(horizon + k * SEASON) else {
+            let Some(o) = y.len().checked_sub(horizon + k * origin_spacing) else {
                 continue;
             };
             if o < 1 {
@@ -244,12 +310,12 @@ pub fn evaluate(series: &[Series], horizon: usize, origins: usize) -> Report {
             let mut score = |name: &str, f: &[f64]| {
                 scores.entry(name.to_string()).or_default().push((
                     (si, k),
-                    mase(test, f, train),
+                    mase(test, f, train, season),
                     smape(test, f),
                 ));
             };
             for m in Method::ALL {
-                if let Ok(f) = m.forecast(train, horizon) {
+                if let Ok(f) = m.forecast_seasonal(train, horizon, season) {
                     score(m.name(), &f.mean);
                 }
             }
@@ -393,7 +459,7 @@ fn register_font() {
     });
 }
 
-/// Runs the command: loads the history, evaluates, prints the table, writes the chart.
+/// Runs the command: loads the history, evaluates, writes the chart.
 pub async fn run(
     args: &BacktestArgs,
     postgres: Option<&storepulse_runtime::PostgresConfig>,
@@ -409,14 +475,21 @@ pub async fn run(
         }
         (None, None) => anyhow::bail!("give --csv FILE or a Postgres URL (postgres.url)"),
     };
+    run_on(series, &source, args).await
+}
+
+/// Evaluates `series` (read from `source`, named in the chart's title) as `args`
+/// say and writes the chart.
+pub async fn run_on(series: Vec<Series>, source: &str, args: &BacktestArgs) -> anyhow::Result<Report> {
     anyhow::ensure!(!series.is_empty(), "no series in {source}");
-    let (h, o) = (args.horizon, args.origins);
-    let report = tokio::task::spawn_blocking(move || evaluate(&series, h, o)).await?;
+    let setup = args.setup();
+    let (h, o) = (setup.horizon, setup.origins);
+    let report = tokio::task::spawn_blocking(move || evaluate(&series, setup)).await?;
     report.chart(
         &args.chart,
         &format!(
             "{}: {h} ahead, {o} origins (orange: auto, grey: seasonal naive)",
-            source.rsplit('/').next().unwrap_or(&source)
+            source.rsplit('/').next().unwrap_or(source)
         ),
     )?;
     Ok(report)
@@ -434,6 +507,7 @@ mod tests {
             value_column: "units".into(),
             series_column: "series".into(),
             period_days: 1,
+            season: 7,
             tenant: None,
             store: None,
             horizon: 14,
@@ -485,7 +559,7 @@ mod tests {
             name: format!("i{i}"),
             values: intermittent(&mut r, 120, 0.2, 2.0),
         }));
-        let report = evaluate(&series, 14, 3);
+        let report = evaluate(&series, Setup::daily(14, 3));
         assert_eq!(report.series, 12);
         let row = |m: &str| report.rows.iter().find(|r| r.method == m).expect(m).clone();
         assert_eq!(row("seasonal-naive").vs_naive, 1.0);

@@ -195,6 +195,7 @@ impl ForecasterSettings {
             horizon: self.horizon_days,
             origins: self.backtest_origins,
             mstl: self.mstl,
+            ..Selection::default()
         }
     }
 

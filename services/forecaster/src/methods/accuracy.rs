@@ -1,12 +1,12 @@
-//! Forecast error measures: MASE (scaled by the in-sample week-on-week naive error, so
-//! 1.0 means "as good as repeating last week in the history") and sMAPE.
+//! Forecast error measures: MASE (scaled by the in-sample seasonal naive error — for
+//! daily demand week-on-week — so 1.0 means "as good as repeating last season in the
+//! history") and sMAPE.
 
-use super::SEASON;
-
-/// Mean absolute error of the naive forecast on `training`: week-on-week when it has
-/// more than a week, else day-on-day; when the history is constant (zero naive error)
-/// its mean, and 1 for an all-zero history — so the scale is never zero.
-pub fn naive_scale(training: &[f64]) -> f64 {
+/// Mean absolute error of the naive forecast on `training`: season-on-season (`season`
+/// periods; 7 for daily demand) when it has more than a season, else period-on-period;
+/// when the history is constant (zero naive error) its mean, and 1 for an all-zero
+/// history — so the scale is never zero.
+pub fn naive_scale(training: &[f64], season: usize) -> f64 {
     let lag_mae = |lag: usize| -> Option<f64> {
         (training.len() > lag).then(|| {
             (lag..training.len())
@@ -15,7 +15,7 @@ pub fn naive_scale(training: &[f64]) -> f64 {
                 / (training.len() - lag) as f64
         })
     };
-    let scale = lag_mae(SEASON).or_else(|| lag_mae(1)).unwrap_or(0.0);
+    let scale = lag_mae(season.max(1)).or_else(|| lag_mae(1)).unwrap_or(0.0);
     if scale > 0.0 {
         return scale;
     }
@@ -23,9 +23,10 @@ pub fn naive_scale(training: &[f64]) -> f64 {
     if mean > 0.0 { mean } else { 1.0 }
 }
 
-/// Mean absolute scaled error of `forecast` against `actual`, scaled by [`naive_scale`] of `training`.
-pub fn mase(actual: &[f64], forecast: &[f64], training: &[f64]) -> f64 {
-    mae(actual, forecast) / naive_scale(training)
+/// Mean absolute scaled error of `forecast` against `actual`, scaled by [`naive_scale`]
+/// of `training` with a season of `season` periods.
+pub fn mase(actual: &[f64], forecast: &[f64], training: &[f64], season: usize) -> f64 {
+    mae(actual, forecast) / naive_scale(training, season)
 }
 
 /// Mean absolute error over the common length.
@@ -74,8 +75,8 @@ mod tests {
         let training: Vec<f64> = (0..14)
             .map(|t| (t % 7) as f64 + if t >= 7 { 2.0 } else { 0.0 })
             .collect();
-        assert_eq!(naive_scale(&training), 2.0);
-        assert_eq!(mase(&[5.0, 5.0], &[4.0, 8.0], &training), 1.0);
+        assert_eq!(naive_scale(&training, 7), 2.0);
+        assert_eq!(mase(&[5.0, 5.0], &[4.0, 8.0], &training, 7), 1.0);
         // sMAPE: 200·1/9 and 200·3/13, and a zero day counting 0.
         let s = smape(&[5.0, 5.0, 0.0], &[4.0, 8.0, 0.0]);
         assert!((s - (200.0 / 9.0 + 600.0 / 13.0) / 3.0).abs() < 1e-12);
@@ -83,8 +84,8 @@ mod tests {
 
     #[test]
     fn the_scale_is_never_zero() {
-        assert_eq!(naive_scale(&[3.0; 10]), 3.0);
-        assert_eq!(naive_scale(&[0.0; 10]), 1.0);
-        assert_eq!(naive_scale(&[1.0, 3.0]), 2.0);
+        assert_eq!(naive_scale(&[3.0; 10], 7), 3.0);
+        assert_eq!(naive_scale(&[0.0; 10], 7), 1.0);
+        assert_eq!(naive_scale(&[1.0, 3.0], 7), 2.0);
     }
 }

@@ -56,28 +56,29 @@ pub fn mean(history: &[f64], horizon: usize) -> Forecast {
     }
 }
 
-/// Root mean square of the week-on-week differences of `history` (`None` for
-/// one week or less: no difference to take).
-pub fn seasonal_difference_rms(history: &[f64]) -> Option<f64> {
-    if history.len() <= SEASON {
+/// Root mean square of the season-on-season (for daily demand: week-on-week)
+/// differences of `history` (`None` for one season or less: no difference to take).
+pub fn seasonal_difference_rms(history: &[f64], season: usize) -> Option<f64> {
+    if history.len() <= season {
         return None;
     }
-    let diffs = history.len() - SEASON;
-    let ss: f64 = (SEASON..history.len())
-        .map(|t| (history[t] - history[t - SEASON]).powi(2))
+    let diffs = history.len() - season;
+    let ss: f64 = (season..history.len())
+        .map(|t| (history[t] - history[t - season]).powi(2))
         .sum();
     Some((ss / diffs as f64).sqrt())
 }
 
-/// Each day repeats the same weekday of the history's last week.
-pub fn seasonal_naive(history: &[f64], horizon: usize) -> Forecast {
+/// Each period repeats the same period of the history's last season (for daily
+/// demand: the same weekday of the last week). `history` has at least `season` periods.
+pub fn seasonal_naive(history: &[f64], horizon: usize, season: usize) -> Forecast {
     let n = history.len();
-    let last_week = &history[n - SEASON..];
-    let sigma =
-        seasonal_difference_rms(history).unwrap_or_else(|| mean_of(last_week).max(0.0).sqrt());
-    let mean: Vec<f64> = (0..horizon).map(|h| last_week[h % SEASON]).collect();
+    let last_season = &history[n - season..];
+    let sigma = seasonal_difference_rms(history, season)
+        .unwrap_or_else(|| mean_of(last_season).max(0.0).sqrt());
+    let mean: Vec<f64> = (0..horizon).map(|h| last_season[h % season]).collect();
     let sigmas: Vec<f64> = (0..horizon)
-        .map(|h| sigma * ((h / SEASON + 1) as f64).sqrt())
+        .map(|h| sigma * ((h / season + 1) as f64).sqrt())
         .collect();
     Forecast::normal(mean, &sigmas)
 }
@@ -120,7 +121,7 @@ mod tests {
         let w1 = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0];
         let w2 = [2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 10.0];
         let h: Vec<f64> = w1.iter().chain(&w2).copied().collect();
-        let f = seasonal_naive(&h, 9);
+        let f = seasonal_naive(&h, 9, SEASON);
         assert_eq!(&f.mean[..7], &w2);
         assert_eq!(f.mean[7], 2.0);
         assert_eq!(f.mean[8], 3.0);

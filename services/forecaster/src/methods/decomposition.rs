@@ -8,16 +8,17 @@ use augurs::ets::trend::AutoETSTrendModel;
 use augurs::mstl::MSTLModel;
 use augurs::{Fit, Predict};
 
-use super::{Forecast, Method, MethodError, SEASON};
+use super::{Forecast, Method, MethodError};
 
-/// Fits MSTL(7) + AutoETS and forecasts `horizon` days with 80% and 95% intervals.
-pub fn mstl_ets(history: &[f64], horizon: usize) -> Result<Forecast, MethodError> {
+/// Fits MSTL(`season`; 7 for daily demand) + AutoETS and forecasts `horizon`
+/// periods with 80% and 95% intervals.
+pub fn mstl_ets(history: &[f64], horizon: usize, season: usize) -> Result<Forecast, MethodError> {
     let err = |e: &dyn std::fmt::Display| MethodError::Fit {
         method: Method::MstlEts,
         reason: e.to_string(),
     };
     let trend = AutoETSTrendModel::from(AutoETS::non_seasonal());
-    let model = MSTLModel::new(vec![SEASON], trend);
+    let model = MSTLModel::new(vec![season], trend);
     let fitted = model.fit(history).map_err(|e| err(&e))?;
     let at80 = fitted.predict(horizon, 0.8).map_err(|e| err(&e))?;
     let at95 = fitted.predict(horizon, 0.95).map_err(|e| err(&e))?;
@@ -43,7 +44,7 @@ mod tests {
         let y: Vec<f64> = (0..56)
             .map(|t| week[t % 7] + (t % 3) as f64 * 0.1)
             .collect();
-        let f = mstl_ets(&y, 7).expect("fits");
+        let f = mstl_ets(&y, 7, 7).expect("fits");
         for (h, v) in f.mean.iter().enumerate() {
             assert!((v - week[(56 + h) % 7]).abs() < 1.0, "day {h}: {v}");
         }

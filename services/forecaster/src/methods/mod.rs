@@ -29,7 +29,9 @@ mod tests;
 
 use std::fmt;
 
-/// Days in a season: demand repeats weekly.
+/// Periods in a season of daily demand: it repeats weekly. The service always uses
+/// this; other seasons (e.g. 52 for weekly sales) are for backtests of other data
+/// ([`Method::forecast_seasonal`]).
 pub const SEASON: usize = 7;
 /// Standard normal quantile of 0.9 (the 80% central interval).
 pub const Z80: f64 = 1.281_551_565_544_600_4;
@@ -89,24 +91,44 @@ impl Method {
         Method::ALL.into_iter().find(|m| m.name() == name)
     }
 
-    /// Fewest days of history the method needs.
+    /// Fewest days of history the method needs (daily demand, weekly season).
     pub fn min_history(self) -> usize {
+        self.min_history_for(SEASON)
+    }
+
+    /// Fewest periods of history the method needs when a season is `season` periods.
+    pub fn min_history_for(self, season: usize) -> usize {
+        let season = season.max(1);
         match self {
             Method::Mean => 1,
-            Method::SeasonalNaive => SEASON,
-            Method::HoltWinters | Method::HoltWintersDamped => 2 * SEASON,
-            Method::Croston | Method::Sba | Method::Tsb => SEASON,
-            Method::MstlEts => 3 * SEASON,
+            Method::SeasonalNaive => season,
+            Method::HoltWinters | Method::HoltWintersDamped => 2 * season,
+            Method::Croston | Method::Sba | Method::Tsb => season,
+            Method::MstlEts => 3 * season,
         }
     }
 
-    /// Fits the method to `history` and forecasts `horizon` days after it.
+    /// Fits the method to a daily `history` and forecasts `horizon` days after it.
     pub fn forecast(self, history: &[f64], horizon: usize) -> Result<Forecast, MethodError> {
-        if history.len() < self.min_history() {
+        self.forecast_seasonal(history, horizon, SEASON)
+    }
+
+    /// Fits the method to `history`, whose season is `season` periods (7 for daily
+    /// demand, 52 for weekly sales with a yearly pattern, 1 for none), and forecasts
+    /// `horizon` periods after it.
+    pub fn forecast_seasonal(
+        self,
+        history: &[f64],
+        horizon: usize,
+        season: usize,
+    ) -> Result<Forecast, MethodError> {
+        let season = season.max(1);
+        let needed = self.min_history_for(season);
+        if history.len() < needed {
             return Err(MethodError::TooShort {
                 method: self,
                 days: history.len(),
-                needed: self.min_history(),
+                needed,
             });
         }
         if let Some(i) = history.iter().position(|v| !v.is_finite()) {
@@ -114,17 +136,19 @@ impl Method {
         }
         let f = match self {
             Method::Mean => baseline::mean(history, horizon),
-            Method::SeasonalNaive => baseline::seasonal_naive(history, horizon),
-            Method::HoltWinters => smoothing::HoltWinters::fit(history, false).forecast(horizon),
+            Method::SeasonalNaive => baseline::seasonal_naive(history, horizon, season),
+            Method::HoltWinters => {
+                smoothing::HoltWinters::fit(history, false, season).forecast(horizon)
+            }
             Method::HoltWintersDamped => {
-                smoothing::HoltWinters::fit(history, true).forecast(horizon)
+                smoothing::HoltWinters::fit(history, true, season).forecast(horizon)
             }
             Method::Croston => {
                 intermittent::croston(history, horizon, intermittent::Variant::Croston)
             }
             Method::Sba => intermittent::croston(history, horizon, intermittent::Variant::Sba),
             Method::Tsb => intermittent::tsb(history, horizon),
-            Method::MstlEts => decomposition::mstl_ets(history, horizon)?,
+            Method::MstlEts => decomposition::mstl_ets(history, horizon, season)?,
         };
         Ok(f.sanitised())
     }
@@ -139,7 +163,7 @@ impl fmt::Display for Method {
 /// Why a method could not forecast a series.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum MethodError {
-    #[error("{method} needs at least {needed} days of history, the series has {days}")]
+    #[error("{method} needs at least {needed} periods of history, the series has {days}")]
     TooShort {
         method: Method,
         days: usize,

@@ -13,6 +13,11 @@
 //! `horizon` days after each origin; its score is the mean MASE (and sMAPE) over
 //! the origins every candidate could be fitted at. The lowest MASE wins (ties go to
 //! the simpler method, listed first); the winner is refitted on the whole history.
+//!
+//! The service's series are daily with a weekly season ([`Selection::default`]); a
+//! backtest of other data sets [`Selection::season`] and [`Selection::origin_spacing`]
+//! (weekly sales: 52 and 1), and "day" and "week" above read "period" and "the
+//! spacing".
 
 use super::accuracy::{mase, smape};
 use super::{Forecast, Method, MethodError, SEASON};
@@ -31,6 +36,11 @@ pub struct Selection {
     pub origins: usize,
     /// Offer MSTL + AutoETS (augurs) to regular sellers.
     pub mstl: bool,
+    /// Periods in a season ([`SEASON`] for daily demand).
+    pub season: usize,
+    /// Periods between two backtest origins, and an eighth of the window that decides
+    /// a slow mover ([`SEASON`]: a week of daily demand).
+    pub origin_spacing: usize,
 }
 
 impl Default for Selection {
@@ -39,6 +49,8 @@ impl Default for Selection {
             horizon: 14,
             origins: 3,
             mstl: false,
+            season: SEASON,
+            origin_spacing: SEASON,
         }
     }
 }
@@ -65,9 +77,14 @@ pub struct Chosen {
     pub baseline: Option<Score>,
 }
 
-/// True when the series is a slow mover.
+/// True when the daily series is a slow mover (judged on its last eight weeks).
 pub fn is_intermittent(history: &[f64]) -> bool {
-    let recent = &history[history.len().saturating_sub(8 * SEASON)..];
+    is_intermittent_over(history, 8 * SEASON)
+}
+
+/// True when the last `recent` periods of the series make it a slow mover.
+pub fn is_intermittent_over(history: &[f64], recent: usize) -> bool {
+    let recent = &history[history.len().saturating_sub(recent)..];
     let zeros = recent.iter().filter(|v| **v <= 0.0).count();
     !recent.is_empty() && zeros as f64 >= INTERMITTENT_ZERO_SHARE * recent.len() as f64
 }
@@ -75,11 +92,11 @@ pub fn is_intermittent(history: &[f64]) -> bool {
 impl Selection {
     /// Candidate methods for `history`, simplest first.
     pub fn candidates(&self, history: &[f64]) -> Vec<Method> {
-        if history.len() < MIN_BACKTEST_HISTORY {
+        if history.len() < 2 * self.season.max(1) {
             return vec![Method::Mean];
         }
         let mut c = vec![Method::SeasonalNaive, Method::Mean];
-        if is_intermittent(history) {
+        if is_intermittent_over(history, 8 * self.origin_spacing.max(1)) {
             c.extend([Method::Croston, Method::Sba, Method::Tsb]);
         } else {
             c.extend([Method::HoltWinters, Method::HoltWintersDamped]);
@@ -91,11 +108,14 @@ impl Selection {
     }
 
     /// Backtest origins (days of history before each), latest first: up to
-    /// `self.origins`, a week apart, each leaving at least a week to fit on.
+    /// `self.origins`, `origin_spacing` apart (a week), each leaving at least a
+    /// season to fit on.
     pub fn origins_for(&self, days: usize) -> Vec<usize> {
+        let spacing = self.origin_spacing.max(1);
+        let season = self.season.max(1);
         (0..self.origins)
-            .filter_map(|k| days.checked_sub(self.horizon.min(days) + k * SEASON))
-            .filter(|o| *o >= SEASON)
+            .filter_map(|k| days.checked_sub(self.horizon.min(days) + k * spacing))
+            .filter(|o| *o >= season)
             .collect()
     }
 
@@ -109,7 +129,7 @@ impl Selection {
             let usable: Vec<usize> = origins
                 .iter()
                 .copied()
-                .filter(|o| *o >= m.min_history())
+                .filter(|o| *o >= m.min_history_for(self.season))
                 .collect();
             if usable.is_empty() || usable.len() < origins.len() {
                 continue;
@@ -118,10 +138,10 @@ impl Selection {
             for &o in &usable {
                 let train = &history[..o];
                 let test = &history[o..(o + self.horizon).min(history.len())];
-                let Ok(f) = m.forecast(train, test.len()) else {
+                let Ok(f) = m.forecast_seasonal(train, test.len(), self.season) else {
                     continue;
                 };
-                sum_mase += mase(test, &f.mean, train);
+                sum_mase += mase(test, &f.mean, train, self.season);
                 sum_smape += smape(test, &f.mean);
                 n += 1;
             }
@@ -152,7 +172,7 @@ impl Selection {
         let mut ranked = scores.clone();
         ranked.sort_by(|a, b| a.mase.total_cmp(&b.mase)); // stable: ties keep simpler first
         for s in &ranked {
-            if let Ok(forecast) = s.method.forecast(history, self.horizon) {
+            if let Ok(forecast) = s.method.forecast_seasonal(history, self.horizon, self.season) {
                 return Ok(Chosen {
                     method: s.method,
                     forecast,
@@ -163,7 +183,7 @@ impl Selection {
         }
         Ok(Chosen {
             method: Method::Mean,
-            forecast: Method::Mean.forecast(history, self.horizon)?,
+            forecast: Method::Mean.forecast_seasonal(history, self.horizon, self.season)?,
             score: None,
             baseline,
         })

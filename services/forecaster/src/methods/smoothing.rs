@@ -1,4 +1,5 @@
-//! Holt-Winters additive exponential smoothing with weekly seasonality:
+//! Holt-Winters additive exponential smoothing with weekly seasonality (for daily
+//! demand; any season of `m` periods for other data, e.g. 52 for weekly sales):
 //! ETS(A,N,A) and ETS(A,Ad,A) in the error-correction form of Hyndman et al.,
 //! *Forecasting with Exponential Smoothing* (2008), written here because no Rust crate
 //! has seasonal ETS (augurs' AutoETS is non-seasonal).
@@ -15,7 +16,7 @@
 //! The states start from the first week (level: its mean; trend: the change of the
 //! weekly mean between the first two weeks; season: the first week's deviations).
 
-use super::{Forecast, SEASON, mean_of};
+use super::{Forecast, mean_of};
 
 /// Smoothing parameters.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -38,70 +39,76 @@ pub struct HoltWinters {
     pub damped: bool,
     level: f64,
     trend: f64,
-    /// Seasonal states by absolute day modulo 7.
-    season: [f64; SEASON],
+    /// Seasonal states by absolute period modulo the season (7 for daily demand).
+    season: Vec<f64>,
     /// Days fitted.
     n: usize,
     /// Variance of the one-step errors.
     pub sigma2: f64,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Start {
     level: f64,
     trend: f64,
-    season: [f64; SEASON],
+    season: Vec<f64>,
 }
 
-fn start(y: &[f64], damped: bool) -> Start {
-    let w1 = mean_of(&y[..SEASON]);
-    let trend = if damped && y.len() >= 2 * SEASON {
-        (mean_of(&y[SEASON..2 * SEASON]) - w1) / SEASON as f64
+fn start(y: &[f64], damped: bool, m: usize) -> Start {
+    let w1 = mean_of(&y[..m]);
+    let trend = if damped && y.len() >= 2 * m {
+        (mean_of(&y[m..2 * m]) - w1) / m as f64
     } else {
         0.0
     };
-    let mut season = [0.0; SEASON];
-    for (i, s) in season.iter_mut().enumerate() {
-        *s = y[i] - (w1 + (i as f64 - 3.0) * trend);
-    }
-    // The level "before day 0": the first week's mean sits at its middle (day 3).
+    // The first season's mean sits at its middle, period (m − 1)/2 (day 3 of a week).
+    let middle = (m as f64 - 1.0) / 2.0;
+    let season = (0..m)
+        .map(|i| y[i] - (w1 + (i as f64 - middle) * trend))
+        .collect();
+    // The level "before period 0".
     Start {
-        level: w1 - 4.0 * trend,
+        level: w1 - (middle + 1.0) * trend,
         trend,
         season,
     }
 }
 
-/// Runs the recursions over `y`; returns the sum of squared one-step errors and the
-/// final states.
-fn filter(y: &[f64], p: Params, s0: Start) -> (f64, f64, f64, [f64; SEASON]) {
-    let (mut l, mut b, mut s) = (s0.level, s0.trend, s0.season);
+/// Runs the recursions over `y`, with `s` as the seasonal states (set from `s0`
+/// first, left final); returns the sum of squared one-step errors and the final level
+/// and trend.
+fn filter(y: &[f64], p: Params, s0: &Start, s: &mut [f64]) -> (f64, f64, f64) {
+    let (mut l, mut b) = (s0.level, s0.trend);
+    s.copy_from_slice(&s0.season);
+    let m = s.len();
     let mut sse = 0.0;
     for (t, &v) in y.iter().enumerate() {
-        let k = t % SEASON;
+        let k = t % m;
         let e = v - (l + p.phi * b + s[k]);
         sse += e * e;
         l += p.phi * b + p.alpha * e;
         b = p.phi * b + p.beta * e;
         s[k] += p.gamma * e;
     }
-    (sse, l, b, s)
+    (sse, l, b)
 }
 
 impl HoltWinters {
-    /// Fits ETS(A,Ad,A) when `damped`, else ETS(A,N,A). `history` has at least two
-    /// weeks (checked by [`super::Method::forecast`]).
-    pub fn fit(history: &[f64], damped: bool) -> Self {
-        let s0 = start(history, damped);
+    /// Fits ETS(A,Ad,A) when `damped`, else ETS(A,N,A), with a season of `m` periods
+    /// (7 for daily demand). `history` has at least two seasons (checked by
+    /// [`super::Method::forecast_seasonal`]).
+    pub fn fit(history: &[f64], damped: bool, m: usize) -> Self {
+        let s0 = start(history, damped, m);
+        let mut states = vec![0.0; m];
         let mut best = Params {
             alpha: 0.1,
             beta: if damped { 0.01 } else { 0.0 },
             gamma: 0.05,
             phi: if damped { 0.9 } else { 1.0 },
         };
-        let mut best_sse = filter(history, best, s0).0;
+        let mut best_sse = filter(history, best, &s0, &mut states).0;
         let mut try_params = |p: Params, best: &mut Params| {
-            let sse = filter(history, p, s0).0;
+            let sse = filter(history, p, &s0, &mut states).0;
             if sse < best_sse {
                 best_sse = sse;
                 *best = p;
@@ -130,13 +137,14 @@ impl HoltWinters {
                 }
             }
         }
-        Self::with_params(history, best, damped)
+        Self::with_params(history, best, damped, m)
     }
 
-    /// Runs the model with given parameters (no search).
-    pub fn with_params(history: &[f64], params: Params, damped: bool) -> Self {
-        let s0 = start(history, damped);
-        let (sse, level, trend, season) = filter(history, params, s0);
+    /// Runs the model with given parameters and a season of `m` periods (no search).
+    pub fn with_params(history: &[f64], params: Params, damped: bool, m: usize) -> Self {
+        let s0 = start(history, damped, m);
+        let mut season = vec![0.0; m];
+        let (sse, level, trend) = filter(history, params, &s0, &mut season);
         let free = if damped { 4 } else { 2 };
         let dof = history.len().saturating_sub(free).max(1);
         Self {
@@ -164,10 +172,16 @@ impl HoltWinters {
             phi_h += phi_pow;
             if h > 1 {
                 let j = h - 1;
-                let c = p.alpha + p.beta * phi_prev + if j % SEASON == 0 { p.gamma } else { 0.0 };
+                let c = p.alpha
+                    + p.beta * phi_prev
+                    + if j % self.season.len() == 0 {
+                        p.gamma
+                    } else {
+                        0.0
+                    };
                 sum_c2 += c * c;
             }
-            mean.push(self.level + phi_h * self.trend + self.season[(self.n + h - 1) % SEASON]);
+            mean.push(self.level + phi_h * self.trend + self.season[(self.n + h - 1) % self.season.len()]);
             sigma.push((self.sigma2 * (1.0 + sum_c2)).sqrt());
         }
         Forecast::normal(mean, &sigma)
@@ -190,7 +204,7 @@ mod tests {
             gamma: 0.0,
             phi: 1.0,
         };
-        let m = HoltWinters::with_params(&y, p, false);
+        let m = HoltWinters::with_params(&y, p, false, 7);
         let level = 12.0 - 2.0 * 0.5f64.powi(7);
         let sse: f64 = (0..7).map(|k| (2.0 * 0.5f64.powi(k)).powi(2)).sum();
         assert!((m.sigma2 - sse / 12.0).abs() < 1e-12);
@@ -208,7 +222,7 @@ mod tests {
         let week = [5.0, 8.0, 9.0, 10.0, 14.0, 30.0, 3.0];
         let y: Vec<f64> = week.iter().cycle().take(8 * 7 + 3).copied().collect();
         for damped in [false, true] {
-            let f = HoltWinters::fit(&y, damped).forecast(14);
+            let f = HoltWinters::fit(&y, damped, 7).forecast(14);
             for (h, v) in f.mean.iter().enumerate() {
                 let want = week[(y.len() + h) % 7];
                 assert!(
@@ -226,8 +240,8 @@ mod tests {
         let y: Vec<f64> = (0..70)
             .map(|t| 20.0 + 0.5 * t as f64 + week[t % 7])
             .collect();
-        let damped = HoltWinters::fit(&y, true);
-        let flat = HoltWinters::fit(&y, false);
+        let damped = HoltWinters::fit(&y, true, 7);
+        let flat = HoltWinters::fit(&y, false, 7);
         let truth = |t: usize| 20.0 + 0.5 * t as f64 + week[t % 7];
         let err = |m: &HoltWinters| -> f64 {
             let f = m.forecast(7);

@@ -118,8 +118,8 @@ fn a_slow_mover_is_forecast_better_than_seasonal_naive_out_of_sample() {
         let sn = Method::SeasonalNaive
             .forecast(history, 14)
             .expect("baseline");
-        chosen += super::accuracy::mase(future, &c.forecast.mean, history);
-        naive += super::accuracy::mase(future, &sn.mean, history);
+        chosen += super::accuracy::mase(future, &c.forecast.mean, history, SEASON);
+        naive += super::accuracy::mase(future, &sn.mean, history, SEASON);
     }
     assert!(chosen < naive, "chosen {chosen} vs naive {naive}");
 }
