@@ -24,7 +24,6 @@ use crate::methods::accuracy::{mase, smape};
 use crate::methods::selection::Selection;
 use crate::methods::{Method, SEASON};
 
-
 /// Options of `storepulse forecast backtest`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BacktestArgs {
@@ -480,7 +479,11 @@ pub async fn run(
 
 /// Evaluates `series` (read from `source`, named in the chart's title) as `args`
 /// say and writes the chart.
-pub async fn run_on(series: Vec<Series>, source: &str, args: &BacktestArgs) -> anyhow::Result<Report> {
+pub async fn run_on(
+    series: Vec<Series>,
+    source: &str,
+    args: &BacktestArgs,
+) -> anyhow::Result<Report> {
     anyhow::ensure!(!series.is_empty(), "no series in {source}");
     let setup = args.setup();
     let (h, o) = (setup.horizon, setup.origins);

@@ -172,7 +172,10 @@ impl Selection {
         let mut ranked = scores.clone();
         ranked.sort_by(|a, b| a.mase.total_cmp(&b.mase)); // stable: ties keep simpler first
         for s in &ranked {
-            if let Ok(forecast) = s.method.forecast_seasonal(history, self.horizon, self.season) {
+            if let Ok(forecast) = s
+                .method
+                .forecast_seasonal(history, self.horizon, self.season)
+            {
                 return Ok(Chosen {
                     method: s.method,
                     forecast,

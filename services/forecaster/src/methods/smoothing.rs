@@ -181,7 +181,9 @@ impl HoltWinters {
                     };
                 sum_c2 += c * c;
             }
-            mean.push(self.level + phi_h * self.trend + self.season[(self.n + h - 1) % self.season.len()]);
+            mean.push(
+                self.level + phi_h * self.trend + self.season[(self.n + h - 1) % self.season.len()],
+            );
             sigma.push((self.sigma2 * (1.0 + sum_c2)).sqrt());
         }
         Forecast::normal(mean, &sigma)
