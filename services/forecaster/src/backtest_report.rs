@@ -46,7 +46,7 @@ pub struct BacktestArgs {
     pub period_days: i64,
     /// Periods in a season, for the methods, the seasonal-naive baseline and MASE's
     /// scale: 7 for daily demand (a weekly pattern), 52 for weekly sales (a yearly
-    /// pattern), 12 for monthly.
+    /// pattern).
     #[arg(long, default_value_t = SEASON, value_parser = positive)]
     pub season: usize,
     /// Only this tenant (Postgres).
