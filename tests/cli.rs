@@ -87,7 +87,15 @@ fn a_bad_setting_is_named_at_start() {
         .output()
         .expect("run");
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown config section `ingst`"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("STOREPULSE_INGST__LISTEN") && err.contains("`ingst` is not a section"),
+        "{err}"
+    );
+    assert!(
+        err.trim_end().lines().count() == 1 && err.starts_with("error: "),
+        "one line, no backtrace: {err}"
+    );
 }
 
 /// The documented example configuration loads, every section and key known, and its

@@ -118,7 +118,7 @@ impl ConfigSource {
                 .is_some_and(|m| m.name.contains("environment"));
             return Err(if from_env {
                 ConfigError::UnknownEnvSection {
-                    var: format!("{ENV_PREFIX}{}", unknown.to_ascii_uppercase()),
+                    var: env_var_of(unknown),
                     section: unknown.clone(),
                 }
             } else {
@@ -158,6 +158,20 @@ impl ConfigSource {
         value.validate(name)?;
         Ok(value)
     }
+}
+
+/// The environment variable that set top-level key `key` (`STOREPULSE_OPS_SECRET`,
+/// `STOREPULSE_INGST__LISTEN`), as it is spelled in the environment.
+fn env_var_of(key: &str) -> String {
+    std::env::vars_os()
+        .filter_map(|(name, _)| name.into_string().ok())
+        .find(|name| {
+            name.strip_prefix(ENV_PREFIX).is_some_and(|rest| {
+                let rest = rest.to_ascii_lowercase();
+                rest == key || rest.starts_with(&format!("{key}__"))
+            })
+        })
+        .unwrap_or_else(|| format!("{ENV_PREFIX}{}", key.to_ascii_uppercase()))
 }
 
 /// A section's extraction error as `config key `section.key` (from <source>): <what>`.
