@@ -131,7 +131,7 @@ pub async fn send_once(
                 .timeout(*timeout)
                 .bearer_auth(token.expose())
                 .json(&payload);
-            answer(req.send().await).await
+            whatsapp_answer(req.send().await).await
         }
         ChannelSpec::Email { .. } => send_email(channel, message).await,
     }
@@ -291,20 +291,48 @@ pub fn slack_api_result(text: &str) -> Result<(), SendError> {
     }
 }
 
-/// Classifies an HTTP answer.
-async fn answer(result: Result<reqwest::Response, reqwest::Error>) -> Result<(), SendError> {
-    let resp = match result {
-        Ok(r) => r,
-        Err(e) => {
-            return Err(SendError::Retryable {
-                reason: format!("request failed: {}", e.without_url()),
-                retry_after: None,
-            });
+/// An HTTP answer that was not a success, read whole.
+#[derive(Debug)]
+struct FailedAnswer {
+    status: u16,
+    /// `Retry-After` in seconds, when given.
+    retry_after: Option<Duration>,
+    text: String,
+}
+
+impl FailedAnswer {
+    /// `HTTP 400: <first 200 characters of the body>`.
+    fn reason(&self) -> String {
+        let excerpt: String = self.text.chars().take(200).collect();
+        format!("HTTP {}: {}", self.status, excerpt.trim())
+    }
+
+    /// 5xx and 429 are worth retrying; other statuses are not.
+    fn by_status(self) -> SendError {
+        let reason = self.reason();
+        if self.status >= 500 || self.status == 429 {
+            SendError::Retryable {
+                reason,
+                retry_after: self.retry_after,
+            }
+        } else {
+            SendError::Permanent(reason)
         }
-    };
+    }
+}
+
+/// `Ok(None)` for a success; the failed answer, or a retryable error when there was
+/// no answer at all.
+async fn read_answer(
+    result: Result<reqwest::Response, reqwest::Error>,
+) -> Result<Option<FailedAnswer>, SendError> {
+    let resp = result.map_err(|e| SendError::Retryable {
+        reason: format!("request failed: {}", e.without_url()),
+        retry_after: None,
+    })?;
     let status = resp.status();
     if status.is_success() {
-        return Ok(());
+        return Ok(None);
     }
     let retry_after = resp
         .headers()
@@ -312,16 +340,59 @@ async fn answer(result: Result<reqwest::Response, reqwest::Error>) -> Result<(),
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map(Duration::from_secs);
-    let text = resp.text().await.unwrap_or_default();
-    let excerpt: String = text.chars().take(200).collect();
-    let reason = format!("HTTP {}: {}", status.as_u16(), excerpt.trim());
-    if status.is_server_error() || status.as_u16() == 429 {
-        Err(SendError::Retryable {
-            reason,
-            retry_after,
-        })
-    } else {
-        Err(SendError::Permanent(reason))
+    Ok(Some(FailedAnswer {
+        status: status.as_u16(),
+        retry_after,
+        text: resp.text().await.unwrap_or_default(),
+    }))
+}
+
+/// Classifies an HTTP answer by its status.
+async fn answer(result: Result<reqwest::Response, reqwest::Error>) -> Result<(), SendError> {
+    match read_answer(result).await? {
+        None => Ok(()),
+        Some(failed) => Err(failed.by_status()),
+    }
+}
+
+/// Graph API error codes of the WhatsApp Cloud API that mean "not now" rather than
+/// "never": rate limits (4, 80007, 130429, 131048, 131056) and temporary failures
+/// (1, 2, 131000, 131016, 133004). Meta answers them with HTTP 400, which alone would
+/// read as permanent and drop the notification.
+const WHATSAPP_RETRYABLE_CODES: [i64; 10] = [
+    1, 2, 4, 80_007, 130_429, 131_000, 131_016, 131_048, 131_056, 133_004,
+];
+
+/// Classifies a WhatsApp Cloud API answer: its `error.code` first, then the status.
+async fn whatsapp_answer(
+    result: Result<reqwest::Response, reqwest::Error>,
+) -> Result<(), SendError> {
+    match read_answer(result).await? {
+        None => Ok(()),
+        Some(failed) => Err(whatsapp_failure(failed)),
+    }
+}
+
+fn whatsapp_failure(failed: FailedAnswer) -> SendError {
+    let error = serde_json::from_str::<serde_json::Value>(&failed.text)
+        .ok()
+        .and_then(|v| v.get("error").cloned());
+    let code = error.as_ref().and_then(|e| e["code"].as_i64());
+    match code {
+        Some(code) if WHATSAPP_RETRYABLE_CODES.contains(&code) => SendError::Retryable {
+            reason: format!(
+                "WhatsApp error {code} (rate limit or temporary): {}",
+                error
+                    .as_ref()
+                    .and_then(|e| e["message"].as_str())
+                    .unwrap_or_default()
+                    .chars()
+                    .take(150)
+                    .collect::<String>()
+            ),
+            retry_after: failed.retry_after,
+        },
+        _ => failed.by_status(),
     }
 }
 
@@ -338,6 +409,33 @@ mod tests {
                             "subject": "freezer-1", "summary": "warm", "started_at": "t"}]
             }),
         }
+    }
+
+    #[test]
+    fn whatsapp_rate_limits_are_retried_though_answered_400() {
+        let failed = |status: u16, text: &str| FailedAnswer {
+            status,
+            retry_after: None,
+            text: text.into(),
+        };
+        let limited = r#"{"error":{"message":"(#131056) (Business Account, Consumer Account) pair rate limit hit","type":"OAuthException","code":131056}}"#;
+        assert!(matches!(
+            whatsapp_failure(failed(400, limited)),
+            SendError::Retryable { reason, .. } if reason.contains("131056") && reason.contains("pair rate limit")
+        ));
+        let bad_number = r#"{"error":{"message":"(#100) Invalid parameter","type":"OAuthException","code":100}}"#;
+        assert!(matches!(
+            whatsapp_failure(failed(400, bad_number)),
+            SendError::Permanent(reason) if reason.starts_with("HTTP 400")
+        ));
+        assert!(matches!(
+            whatsapp_failure(failed(503, "<html>")),
+            SendError::Retryable { .. }
+        ));
+        assert!(matches!(
+            whatsapp_failure(failed(401, "{}")),
+            SendError::Permanent(_)
+        ));
     }
 
     #[test]
