@@ -175,23 +175,43 @@ pub fn config(src: &ConfigSource) -> Result<RulesConfig, ConfigError> {
     RulesConfig::from_source(src)
 }
 
+/// Why the rule file or the store calendar named in the settings cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("rules.rules_file is not set: name a rule file (see config/rules.example.toml)")]
+    NoRuleFile,
+    #[error("rule file {path}: {source}")]
+    RuleFile {
+        path: String,
+        source: rule_file::RuleFileError,
+    },
+    #[error("calendar file {path}: {source}")]
+    CalendarFile {
+        path: String,
+        source: calendar::CalendarError,
+    },
+}
+
 /// Loads the rule file named in the settings.
-pub fn load_rules(settings: &RulesSettings) -> anyhow::Result<RuleSet> {
-    anyhow::ensure!(
-        !settings.rules_file.is_empty(),
-        "rules.rules_file is not set: name a rule file (see config/rules.example.toml)"
-    );
-    RuleSet::load(Path::new(&settings.rules_file))
-        .map_err(|e| anyhow::anyhow!("rule file {}: {e}", settings.rules_file))
+pub fn load_rules(settings: &RulesSettings) -> Result<RuleSet, LoadError> {
+    if settings.rules_file.is_empty() {
+        return Err(LoadError::NoRuleFile);
+    }
+    RuleSet::load(Path::new(&settings.rules_file)).map_err(|source| LoadError::RuleFile {
+        path: settings.rules_file.clone(),
+        source,
+    })
 }
 
 /// Loads the store calendar named in the settings (always open when none).
-pub fn load_calendar(settings: &RulesSettings) -> anyhow::Result<Calendar> {
+pub fn load_calendar(settings: &RulesSettings) -> Result<Calendar, LoadError> {
     if settings.calendar_file.is_empty() {
         return Ok(Calendar::always_open());
     }
-    Calendar::load(Path::new(&settings.calendar_file))
-        .map_err(|e| anyhow::anyhow!("calendar file {}: {e}", settings.calendar_file))
+    Calendar::load(Path::new(&settings.calendar_file)).map_err(|source| LoadError::CalendarFile {
+        path: settings.calendar_file.clone(),
+        source,
+    })
 }
 
 /// Runs the rules service until `shutdown` is cancelled.
