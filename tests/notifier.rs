@@ -1445,8 +1445,8 @@ async fn unacknowledged_alerts_escalate_up_the_ladder() {
     })
     .await;
     assert_eq!(transitions(&to_ops), ["esc1:firing"]);
-    let alert = &to_ops[0].json()["alerts"][0];
-    assert_eq!(alert["escalation"], 2);
+    let escalated = &to_ops[0].json()["alerts"][0];
+    assert_eq!(escalated["escalation"], 2);
     assert_eq!(to_ops[0].json()["group_labels"]["escalation"], "2");
     assert_eq!(transitions(&server.to("/area")), ["esc1:firing"]);
     assert_eq!(server.to("/area")[0].json()["alerts"][0]["escalation"], 1);
@@ -1472,6 +1472,23 @@ async fn unacknowledged_alerts_escalate_up_the_ladder() {
         ["esc1"],
         "acknowledged alerts are not escalation candidates"
     );
+    // Its resolve reaches everyone the alert reached: the routed receiver and both
+    // steps of the ladder, each once.
+    publish(&p, &[alert("s-1", "esc1", "Resolved", "Critical", &[])]).await;
+    for path in ["/store", "/area", "/ops"] {
+        eventually(&format!("esc1 resolved at {path}"), WITHIN, || async {
+            let seen = transitions(&server.to(path));
+            seen.contains(&"esc1:resolved".to_string()).then_some(seen)
+        })
+        .await;
+    }
+    for path in ["/area", "/ops"] {
+        assert_eq!(
+            transitions(&server.to(path)),
+            ["esc1:firing", "esc1:resolved"],
+            "{path}"
+        );
+    }
     shutdown.cancel();
     handle
         .await

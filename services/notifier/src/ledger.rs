@@ -79,6 +79,15 @@ pub struct NewDelivery {
     pub suppressed: bool,
 }
 
+/// An escalation receiver an alert reached: route and group of its first step there.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EscalatedReceiver {
+    pub alert_id: String,
+    pub receiver: String,
+    pub route: String,
+    pub group_key: String,
+}
+
 /// A delivery waiting to be sent.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PendingDelivery {
@@ -248,6 +257,33 @@ impl Ledger {
             )
             .await?;
         Ok(n)
+    }
+
+    /// The escalation receivers a step of each alert was delivered to (who must also
+    /// hear that it resolved).
+    pub async fn escalated_receivers(
+        &self,
+        alert_ids: &[String],
+    ) -> Result<Vec<EscalatedReceiver>, LedgerError> {
+        if alert_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                include_str!("../sql/escalated_receivers.sql"),
+                &[&alert_ids],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| EscalatedReceiver {
+                alert_id: r.get(0),
+                receiver: r.get(1),
+                route: r.get(2),
+                group_key: r.get(3),
+            })
+            .collect())
     }
 
     /// A receiver's pending deliveries, oldest first, at most `limit`.

@@ -80,6 +80,45 @@ pub fn deliveries(policy: &Policy, alert: &AlertTransition) -> Vec<NewDelivery> 
         .collect()
 }
 
+impl AlertRouter {
+    /// The resolves owed to escalation receivers: an alert escalated to someone its
+    /// routing does not name is resolved for them too (unless their receiver has
+    /// `send_resolved = false`, or is gone from the policy).
+    async fn resolves_for_escalations(
+        &self,
+        policy: &Policy,
+        batch: &Batch<AlertTransition>,
+    ) -> Result<Vec<NewDelivery>, LedgerError> {
+        let resolved: HashMap<&str, &AlertTransition> = batch
+            .items
+            .iter()
+            .filter(|p| p.item.state == AlertState::Resolved)
+            .map(|p| (p.item.alert_id.as_str(), &p.item))
+            .collect();
+        let ids: Vec<String> = resolved.keys().map(|id| id.to_string()).collect();
+        let reached = self.ledger.escalated_receivers(&ids).await?;
+        Ok(reached
+            .into_iter()
+            .filter_map(|e| {
+                let alert = resolved.get(e.alert_id.as_str())?;
+                let receiver = policy.receivers.get(&e.receiver)?;
+                Some(NewDelivery {
+                    transition_id: transition_id(alert),
+                    receiver: e.receiver,
+                    alert_id: e.alert_id,
+                    alert_state: state_name(alert.state),
+                    tenant_id: alert.envelope.tenant_id.clone(),
+                    store_id: alert.envelope.store_id.clone(),
+                    route: e.route,
+                    group_key: e.group_key,
+                    alert: alert_view(alert),
+                    suppressed: !receiver.send_resolved,
+                })
+            })
+            .collect())
+    }
+}
+
 impl BatchProcessor for AlertRouter {
     type Item = AlertTransition;
     type Error = LedgerError;
@@ -125,6 +164,10 @@ impl BatchProcessor for AlertRouter {
                 rows.entry((d.transition_id.clone(), d.receiver.clone()))
                     .or_insert(d);
             }
+        }
+        for d in self.resolves_for_escalations(&policy, batch).await? {
+            rows.entry((d.transition_id.clone(), d.receiver.clone()))
+                .or_insert(d);
         }
         let rows: Vec<NewDelivery> = rows.into_values().collect();
         let inserted = self.ledger.enqueue(&rows).await?;
