@@ -2,7 +2,9 @@
 //! with 1,000 rules in force over 10,000 entities (100 tenants × 10 stores × 10
 //! freezers; each tenant has its own 10 rules, so an event meets its tenant's
 //! rules: threshold with hysteresis, absence, rate of change, cold-chain exposure,
-//! and rules of other kinds and sources it must skip).
+//! and rules of other kinds and sources it must skip). The fleet and rule file are
+//! [`storepulse::rules_bench`]'s, shared with the end-to-end benchmark
+//! (`benches/rules_e2e.rs`).
 //!
 //! `cargo bench --bench rules`
 //!
@@ -20,116 +22,38 @@ use std::sync::Arc;
 
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use storepulse::rules_bench::{
+    ENTITIES, FREEZERS, RULES, STORES, TENANTS, freezer_id, rule_file, store_id, tenant_id,
+};
 use storepulse_rules::calendar::Calendar;
 use storepulse_rules::engine::{Engine, Output, TimeSettings};
 use storepulse_rules::observation::{Detail, Input, Observation, Source, StoreRef};
 use storepulse_rules::rule_file::RuleSet;
 use storepulse_runtime::records::SensorKind;
 
-const TENANTS: usize = 100;
-const STORES: usize = 10;
-const DEVICES: usize = 10;
 const MINUTE: i64 = 60_000_000;
 const T0: i64 = 1_795_428_000_000_000;
-
-/// Ten rules per tenant, 1,000 in all.
-fn rule_file() -> String {
-    let mut f = String::new();
-    for t in 0..TENANTS {
-        let rules = format!(
-            r#"
-[[tenants.t{t}.rules]]
-name = "freezer-warm"
-kind = "threshold"
-match = {{ source = "sensor", kind = "temperature", labels = {{ appliance = "freezer" }} }}
-above = -15
-for = "10m"
-clear = -17
-clear_for = "5m"
-
-[[tenants.t{t}.rules]]
-name = "freezer-critical"
-kind = "threshold"
-match = {{ source = "sensor", kind = "temperature", entities = ["freezer-*"] }}
-above = -5
-for = "2m"
-
-[[tenants.t{t}.rules]]
-name = "sensor-silent"
-kind = "absence"
-match = {{ source = "sensor" }}
-timeout = "15m"
-
-[[tenants.t{t}.rules]]
-name = "freezer-rising"
-kind = "rate_of_change"
-match = {{ source = "sensor", kind = "temperature" }}
-window = "10m"
-rise = 3
-
-[[tenants.t{t}.rules]]
-name = "exposure"
-kind = "cold_chain"
-match = {{ source = "sensor", kind = "temperature", labels = {{ appliance = "freezer" }} }}
-limit = -12
-budget = 60
-
-[[tenants.t{t}.rules]]
-name = "humid"
-kind = "threshold"
-match = {{ source = "sensor", kind = "humidity" }}
-above = 80
-
-[[tenants.t{t}.rules]]
-name = "pos-offline"
-kind = "absence"
-match = {{ source = "heartbeat" }}
-timeout = "2m"
-
-[[tenants.t{t}.rules]]
-name = "store-silent"
-kind = "absence"
-match = {{ source = "any" }}
-per = "store"
-timeout = "10m"
-
-[[tenants.t{t}.rules]]
-name = "low-stock"
-kind = "stock"
-match = {{ source = "inventory" }}
-reorder_point = 5
-
-[[tenants.t{t}.rules]]
-name = "sales-drop"
-kind = "sales_anomaly"
-match = {{ source = "sales" }}
-"#
-        );
-        f.push_str(&rules);
-    }
-    f
-}
 
 /// `minutes` of readings: every freezer once a minute; every 7th freezer warms up
 /// for 20 minutes each hour.
 fn readings(minutes: i64) -> Vec<Input> {
-    let mut out = Vec::with_capacity(minutes as usize * TENANTS * STORES * DEVICES);
+    let mut out = Vec::with_capacity(minutes as usize * ENTITIES);
     for m in 0..minutes {
         for t in 0..TENANTS {
             for s in 0..STORES {
-                for d in 0..DEVICES {
+                for d in 0..FREEZERS {
                     let warm = (t + s + d) % 7 == 0 && (m % 60) < 20;
                     let at = T0 + m * MINUTE + ((d * 5) as i64) * 1_000_000;
                     out.push(Input {
                         store: StoreRef {
-                            tenant: format!("t{t}"),
-                            store: format!("s{s}"),
+                            tenant: tenant_id(t),
+                            store: store_id(s),
                         },
                         observation: Observation {
                             source: Source::Sensor,
                             at,
                             received: at + 2_000_000,
-                            entity: format!("freezer-{d}"),
+                            entity: freezer_id(d),
                             value: if warm { -10.0 } else { -18.0 },
                             detail: Detail::Sensor {
                                 kind: SensorKind::Temperature,
@@ -209,7 +133,7 @@ fn bench_cpu(c: &mut Criterion<ThreadCpuTime>) {
 
 fn bench<M: Measurement>(c: &mut Criterion<M>, group_name: &str) {
     let rules = Arc::new(RuleSet::parse(&rule_file()).expect("bench rules are valid"));
-    assert_eq!(rules.count(), 1_000);
+    assert_eq!(rules.count(), RULES);
     // Warm state: an hour of readings already applied, so every entity has its
     // cells; then measure the next 10 minutes.
     let warmup = readings(60);
@@ -223,7 +147,7 @@ fn bench<M: Measurement>(c: &mut Criterion<M>, group_name: &str) {
         out.transitions.iter().any(|(_, t)| !t.firing),
         "the warm-up hour fires and resolves incidents"
     );
-    let measured: Vec<Input> = readings(70).split_off(60 * TENANTS * STORES * DEVICES);
+    let measured: Vec<Input> = readings(70).split_off(60 * ENTITIES);
     let mut group = c.benchmark_group(group_name);
     group.throughput(Throughput::Elements(measured.len() as u64));
     group.sample_size(10);

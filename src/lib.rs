@@ -2,7 +2,7 @@
 //! store simulator, the gateway that posts simulated events, and the dev command
 //! that wires them to the services, the analyst roles (tenant isolation), and the
 //! load driver with the stack it starts, and the throughput benchmarks' parts (the
-//! broker's raw produce rate, the read-store benchmark).
+//! broker's raw produce rate, the read-store and end-to-end rules benchmarks).
 
 pub mod analysts;
 pub mod dead_letter_admin;
@@ -16,4 +16,5 @@ pub mod notification_sink;
 pub mod raw_produce;
 pub mod read_store_bench;
 pub mod rebuild;
+pub mod rules_bench;
 pub mod simulator;

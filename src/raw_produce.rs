@@ -9,10 +9,12 @@
 
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use storepulse_ingest::validate::{Checked, StoreIdentity, ValidEvent, check_event};
+use storepulse_ingest::validate::{
+    Checked, StoreIdentity, ValidEvent, ValidationPolicy, check_event,
+};
 use storepulse_runtime::KafkaConfig;
 use storepulse_runtime::avro::{AvroCodec, CodecError};
 use storepulse_runtime::records::Record;
@@ -68,19 +70,34 @@ pub fn encode_events(
             tenant_id: tenant.to_string(),
             store_id: store.clone(),
         };
-        for e in &events {
-            let checked = check_event(e, &who, now, policy)
-                .map_err(|f| RawProduceError::Invalid(format!("{f:?}")))?;
-            let ev = match checked {
-                Checked::Valid(ev) => ev,
-                Checked::Invalid { rejection, .. } => {
-                    return Err(RawProduceError::Invalid(format!("{rejection:?}")));
-                }
-            };
-            out.push(encode(&codec, &ev)?);
-        }
+        encode_posted(&codec, policy, &who, &events, now, &mut out)?;
     }
     Ok(out)
+}
+
+/// Checks `events` (JSON as a gateway posts them for `who`, received at `now`) with
+/// ingest's own validation and appends their records, encoded as ingest publishes
+/// them, to `out`. An event ingest would refuse is an error.
+pub fn encode_posted(
+    codec: &AvroCodec,
+    policy: ValidationPolicy,
+    who: &StoreIdentity,
+    events: &[serde_json::Value],
+    now: DateTime<Utc>,
+    out: &mut Vec<EncodedEvent>,
+) -> Result<(), RawProduceError> {
+    for e in events {
+        let checked = check_event(e, who, now, policy)
+            .map_err(|f| RawProduceError::Invalid(format!("{f:?}")))?;
+        let ev = match checked {
+            Checked::Valid(ev) => ev,
+            Checked::Invalid { rejection, .. } => {
+                return Err(RawProduceError::Invalid(format!("{rejection:?}")));
+            }
+        };
+        out.push(encode(codec, &ev)?);
+    }
+    Ok(())
 }
 
 fn encode(codec: &AvroCodec, ev: &ValidEvent) -> Result<EncodedEvent, CodecError> {
