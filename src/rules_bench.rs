@@ -225,6 +225,15 @@ pub struct RulesE2eReport {
     pub resolved: u64,
     /// Records on `alerts.v1` once the outbox drained.
     pub alerts_published: i64,
+    /// Batches the rules applied (`batch_apply_seconds` count) and their mean time
+    /// to apply: evaluate, checkpoint, publish.
+    pub batches: u64,
+    pub batch_apply_mean_ms: f64,
+    /// Stores whose evaluation state is checkpointed, and the state's mean size
+    /// (JSON text, and as stored: `jsonb`, compressed when large).
+    pub stores_checkpointed: i64,
+    pub store_state_mean_json_bytes: f64,
+    pub store_state_mean_stored_bytes: f64,
 }
 
 impl RulesE2eReport {
@@ -280,6 +289,15 @@ impl std::fmt::Display for RulesE2eReport {
             f,
             "    applied {} (late {}), transitions decided: {} firing, {} resolved; {} records on alerts.v1",
             self.applied, self.late, self.firing, self.resolved, self.alerts_published
+        )?;
+        writeln!(
+            f,
+            "    {} batches, {:.1} ms each to apply (evaluate, checkpoint, publish); state of {} stores checkpointed, {:.0} bytes of JSON each ({:.0} stored)",
+            self.batches,
+            self.batch_apply_mean_ms,
+            self.stores_checkpointed,
+            self.store_state_mean_json_bytes,
+            self.store_state_mean_stored_bytes
         )
     }
 }
@@ -558,6 +576,16 @@ pub async fn run(opts: &RulesE2eOptions) -> anyhow::Result<RulesE2eReport> {
     let alerts_published = records_on(&kafka, topic::ALERTS).await?;
     shutdown.cancel();
     rules.await??;
+    let state = client
+        .query_one(
+            "SELECT count(*), coalesce(avg(length(state::text)), 0)::float8, \
+                    coalesce(avg(pg_column_size(state)), 0)::float8 \
+             FROM rules.store_state WHERE consumer_group = $1",
+            &[&group],
+        )
+        .await?;
+    let batches = metric_sum(&metrics, "storepulse_batch_apply_seconds_count", &[]);
+    let batch_seconds = metric_sum(&metrics, "storepulse_batch_apply_seconds_sum", &[]);
 
     Ok(RulesE2eReport {
         readings: opts.readings,
@@ -587,6 +615,11 @@ pub async fn run(opts: &RulesE2eOptions) -> anyhow::Result<RulesE2eReport> {
             &["state=\"resolved\""],
         ) as u64,
         alerts_published,
+        batches: batches as u64,
+        batch_apply_mean_ms: 1000.0 * batch_seconds / batches.max(1.0),
+        stores_checkpointed: state.get(0),
+        store_state_mean_json_bytes: state.get(1),
+        store_state_mean_stored_bytes: state.get(2),
     })
 }
 
