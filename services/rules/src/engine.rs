@@ -170,6 +170,16 @@ pub enum CellState {
 }
 
 impl CellState {
+    /// The hysteresis of a threshold-like cell (threshold, rate of change, stock).
+    fn hysteresis_mut(&mut self) -> Option<&mut HysteresisState> {
+        match self {
+            CellState::Threshold(h) => Some(h),
+            CellState::Rate(r) => Some(&mut r.hysteresis),
+            CellState::Stock(s) => Some(&mut s.hysteresis),
+            _ => None,
+        }
+    }
+
     fn kind_matches(&self, spec: &Spec) -> bool {
         matches!(
             (self, spec),
@@ -790,6 +800,17 @@ fn expire(
     cx: &Ctx<'_>,
     forecasts: &BTreeMap<String, Vec<(i32, f64)>>,
 ) -> Option<Step> {
+    // An open-hours rule confirms a breach only while the store is open: one still
+    // waiting for its `for` when the store closes is dropped, not fired at night
+    // (what happens while closed is not heard; a breach after opening starts anew).
+    if rule.during == During::OpenHours
+        && !cx.calendar.is_open(store, at)
+        && let Some(h) = c.hysteresis_mut()
+        && !h.is_firing()
+    {
+        h.interrupt_pending();
+        return None;
+    }
     match (c, &rule.spec) {
         (CellState::Threshold(h), Spec::Threshold(spec)) => h.expire(spec, at),
         (CellState::Threshold(h), Spec::Stock { hysteresis, .. }) => h.expire(hysteresis, at),

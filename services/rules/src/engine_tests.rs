@@ -524,3 +524,58 @@ during = "open_hours"
         ]
     );
 }
+
+#[test]
+fn an_open_hours_breach_not_held_by_closing_time_does_not_fire_at_night() {
+    let rules = r#"
+[[rules]]
+name = "freezer-warm"
+kind = "threshold"
+match = { source = "sensor", kind = "temperature" }
+above = -15
+for = "10m"
+during = "open_hours"
+"#;
+    let every_day = "\"08:00-20:00\"";
+    let calendar = Calendar::parse(&format!(
+        "[defaults]\ntime_zone = \"UTC\"\nhours = {{ mon = {every_day}, tue = {every_day}, wed = {every_day}, thu = {every_day}, fri = {every_day}, sat = {every_day}, sun = {every_day} }}\n"
+    ))
+    .expect("calendar");
+    let mut e = Engine::new(
+        Arc::new(RuleSet::parse(rules).expect("rules")),
+        Arc::new(calendar),
+        TimeSettings {
+            allowed_lateness: 0,
+            idle_timeout: 60 * M,
+        },
+    );
+    // T0 is 10:00Z; the store closes at 20:00. freezer-1 turns warm at 19:55 and
+    // stays warm all night: 5 open minutes, not 10. Next morning it is warm from
+    // 10:00: 10 open minutes at 10:10. freezer-2 (cold) keeps time moving.
+    let day = 24 * 60 * M;
+    let mut inputs = Vec::new();
+    for m in (0..=(day / M + 15)).step_by(5) {
+        inputs.push(temp("s1", "freezer-2", T0 + m * M, -18.0));
+    }
+    for m in ((9 * 60 + 55)..(day / M + 15)).step_by(5) {
+        inputs.push(temp("s1", "freezer-1", T0 + m * M, -10.0));
+    }
+    inputs.sort_by_key(|i| i.observation.at);
+    let out = feed(&mut e, inputs);
+    let warm: Vec<_> = summary(&out)
+        .into_iter()
+        .filter(|t| t.1 == "freezer-1")
+        .collect();
+    // The morning's breach restarts at the first warm reading heard after opening
+    // (08:00), and fires 10 open minutes later.
+    assert_eq!(
+        warm,
+        vec![(
+            "freezer-warm".into(),
+            "freezer-1".into(),
+            true,
+            day - 2 * 60 * M,
+            day - 2 * 60 * M + 10 * M
+        )]
+    );
+}

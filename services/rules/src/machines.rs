@@ -67,6 +67,14 @@ impl HysteresisState {
         matches!(self.phase, Phase::Firing { .. } | Phase::Clearing { .. })
     }
 
+    /// Drops a breach still waiting for its `for` (the store closed before it was
+    /// held long enough); a firing incident is kept.
+    pub fn interrupt_pending(&mut self) {
+        if matches!(self.phase, Phase::Pending { .. }) {
+            self.phase = Phase::Normal;
+        }
+    }
+
     /// The incident start while firing.
     pub fn firing_since(&self) -> Option<i64> {
         match self.phase {
