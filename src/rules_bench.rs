@@ -234,6 +234,8 @@ pub struct RulesE2eReport {
     pub stores_checkpointed: i64,
     pub store_state_mean_json_bytes: f64,
     pub store_state_mean_stored_bytes: f64,
+    /// How the stored state is compressed (`pglz`, `lz4`; none when small).
+    pub store_state_compression: Option<String>,
 }
 
 impl RulesE2eReport {
@@ -292,12 +294,15 @@ impl std::fmt::Display for RulesE2eReport {
         )?;
         writeln!(
             f,
-            "    {} batches, {:.1} ms each to apply (evaluate, checkpoint, publish); state of {} stores checkpointed, {:.0} bytes of JSON each ({:.0} stored)",
+            "    {} batches, {:.1} ms each to apply (evaluate, checkpoint, publish); state of {} stores checkpointed, {:.0} bytes of JSON each ({:.0} stored, {})",
             self.batches,
             self.batch_apply_mean_ms,
             self.stores_checkpointed,
             self.store_state_mean_json_bytes,
-            self.store_state_mean_stored_bytes
+            self.store_state_mean_stored_bytes,
+            self.store_state_compression
+                .as_deref()
+                .unwrap_or("not compressed")
         )
     }
 }
@@ -579,7 +584,8 @@ pub async fn run(opts: &RulesE2eOptions) -> anyhow::Result<RulesE2eReport> {
     let state = client
         .query_one(
             "SELECT count(*), coalesce(avg(length(state::text)), 0)::float8, \
-                    coalesce(avg(pg_column_size(state)), 0)::float8 \
+                    coalesce(avg(pg_column_size(state)), 0)::float8, \
+                    max(pg_column_compression(state)) \
              FROM rules.store_state WHERE consumer_group = $1",
             &[&group],
         )
@@ -620,6 +626,7 @@ pub async fn run(opts: &RulesE2eOptions) -> anyhow::Result<RulesE2eReport> {
         stores_checkpointed: state.get(0),
         store_state_mean_json_bytes: state.get(1),
         store_state_mean_stored_bytes: state.get(2),
+        store_state_compression: state.get(3),
     })
 }
 

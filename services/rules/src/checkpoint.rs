@@ -27,11 +27,18 @@ pub const MIGRATIONS: MigrationSet = MigrationSet {
     schema: Some("rules"),
     table: "schema_migrations",
     lock: 0x5354_5055_4c53_5201,
-    migrations: &[Migration {
-        version: 1,
-        name: "state",
-        sql: include_str!("../migrations/0001_state.sql"),
-    }],
+    migrations: &[
+        Migration {
+            version: 1,
+            name: "state",
+            sql: include_str!("../migrations/0001_state.sql"),
+        },
+        Migration {
+            version: 2,
+            name: "state_lz4",
+            sql: include_str!("../migrations/0002_state_lz4.sql"),
+        },
+    ],
 };
 use crate::observation::Source;
 
