@@ -9,7 +9,11 @@
 //!   after the last channel: a `failed` outcome and a dead letter in the ledger;
 //! - the ledger is updated after the remote's answer and before the outcome record
 //!   is published; outcomes not yet published (a crash in between) are published
-//!   when the worker next runs, each with a deterministic event id.
+//!   when the worker next runs, each with a deterministic event id;
+//! - a worker wakes as soon as the router recorded new deliveries (no polling
+//!   interval in between), and its outcomes are published by a task of their own,
+//!   so waiting for the broker's acknowledgement of one outcome never delays the
+//!   next message.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -22,7 +26,7 @@ use storepulse_runtime::EventProducer;
 use storepulse_runtime::records::{
     Channel, DeliveryStatus, Envelope, NotificationOutcome, NotifiedState, to_micros,
 };
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 use uuid::Uuid;
@@ -184,6 +188,9 @@ struct Worker {
     bucket: Option<((u32, Duration), TokenBucket)>,
     /// When to look next for still-firing alerts due a repeat.
     repeat_scan_at: DateTime<Utc>,
+    /// Told whenever the worker finished deliveries in the ledger (their outcomes
+    /// are then due on notifications.v1).
+    finished: Arc<Notify>,
 }
 
 /// How a message ended.
@@ -201,10 +208,22 @@ impl Worker {
             clock: GroupClock::default(),
             bucket: None,
             repeat_scan_at: Utc::now(),
+            finished: Arc::new(Notify::new()),
+        }
+    }
+
+    fn publisher(&self) -> OutcomePublisher {
+        OutcomePublisher {
+            ctx: self.ctx.clone(),
+            receiver: self.receiver.clone(),
         }
     }
 
     async fn run(mut self, shutdown: CancellationToken) {
+        let outcomes = tokio::spawn(
+            self.publisher()
+                .run(self.finished.clone(), shutdown.clone()),
+        );
         let mut wake = self.ctx.wake.clone();
         while !shutdown.is_cancelled() {
             wake.borrow_and_update();
@@ -222,16 +241,22 @@ impl Worker {
                 _ = tokio::time::sleep(wait.min(IDLE_POLL)) => {}
             }
         }
+        // The last outcomes recorded before the stop (what fails is published when
+        // the worker next runs).
+        let _ = outcomes.await;
+        if let Err(e) = self.publisher().publish().await {
+            warn!(receiver = %self.receiver, error = %e, "outcomes left unpublished at stop; published at the next start");
+        }
         debug!(receiver = %self.receiver, "delivery worker stopped");
     }
 
-    /// Publishes pending outcomes, sends what is due; returns how long to wait
-    /// before the next round (`None`: go again at once).
+    /// Sends what is due (the outcomes are published apart, by the worker's
+    /// [`OutcomePublisher`]); returns how long to wait before the next round (`None`:
+    /// go again at once).
     async fn round(
         &mut self,
         shutdown: &CancellationToken,
     ) -> Result<Option<Duration>, LedgerError> {
-        self.publish_outcomes().await?;
         let policy = self.ctx.policy.borrow().clone();
         let Some(receiver) = policy.receivers.get(&self.receiver).cloned() else {
             return Ok(Some(IDLE_POLL));
@@ -283,7 +308,6 @@ impl Worker {
             // A newly delivered alert may be due a repeat one repeat_interval on.
             let first_repeat = sent_at + policy.min_follow_up();
             self.repeat_scan_at = self.repeat_scan_at.min(first_repeat);
-            self.publish_outcomes().await?;
         }
         if sent_any {
             return Ok(None);
@@ -429,6 +453,9 @@ impl Worker {
                 "resolved while silenced or inhibited",
             )
             .await?;
+        if !held_resolves.is_empty() {
+            self.finished.notify_one();
+        }
         Ok((kept, ends))
     }
 
@@ -486,6 +513,7 @@ impl Worker {
                             None,
                         )
                         .await?;
+                    self.finished.notify_one();
                     let now = Utc::now();
                     for d in &planned.deliveries {
                         let secs =
@@ -536,6 +564,7 @@ impl Worker {
                 Some(&last_error),
             )
             .await?;
+        self.finished.notify_one();
         self.ctx
             .metrics
             .outcomes
@@ -543,12 +572,48 @@ impl Worker {
             .inc_by(planned.deliveries.len() as u64);
         Ok(Sent::Done)
     }
+}
 
-    /// Publishes the outcome records the ledger has not yet seen published.
-    async fn publish_outcomes(&self) -> Result<(), LedgerError> {
-        let finished = self.ctx.ledger.unpublished(&self.receiver, 1_000).await?;
+/// Publishes one receiver's finished deliveries to notifications.v1, apart from the
+/// worker, so that waiting for the broker's acknowledgement (and the producer's
+/// linger) never delays the next message.
+struct OutcomePublisher {
+    ctx: DeliveryContext,
+    receiver: String,
+}
+
+impl OutcomePublisher {
+    /// Publishes whenever the worker finished something (`finished`), new ledger rows
+    /// came in (a resolve suppressed on arrival), and at least every [`IDLE_POLL`]
+    /// (retrying what failed), until `shutdown`.
+    async fn run(self, finished: Arc<Notify>, shutdown: CancellationToken) {
+        let mut wake = self.ctx.wake.clone();
+        loop {
+            wake.borrow_and_update();
+            let pause = match self.publish().await {
+                Ok(true) => continue,
+                Ok(false) => IDLE_POLL,
+                Err(e) => {
+                    warn!(receiver = %self.receiver, error = %e, "delivery ledger unavailable for outcomes; retrying");
+                    LEDGER_RETRY
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = finished.notified() => {}
+                _ = wake.changed() => {}
+                _ = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+
+    /// Publishes the outcome records the ledger has not yet seen published; true when
+    /// there may be more.
+    async fn publish(&self) -> Result<bool, LedgerError> {
+        const LIMIT: i64 = 1_000;
+        let finished = self.ctx.ledger.unpublished(&self.receiver, LIMIT).await?;
         if finished.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         let sends = finished.iter().map(|f| {
             let outcome = outcome_record(&self.receiver, f);
@@ -568,7 +633,9 @@ impl Worker {
         self.ctx
             .ledger
             .mark_published(&self.receiver, &published)
-            .await
+            .await?;
+        // More only when a full page went out; failures wait for the next wake-up.
+        Ok(finished.len() as i64 == LIMIT && published.len() == finished.len())
     }
 }
 

@@ -65,6 +65,11 @@ pub struct NotifierSettings {
     pub batch_max_records: usize,
     /// Longest wait to fill a batch, in ms; adds to alert latency.
     pub batch_max_wait_ms: u64,
+    /// `fetch.min.bytes` of the alerts.v1 consumer, in place of
+    /// `kafka.fetch_min_bytes`: alerts are a trickle that never fills the pipeline's
+    /// 64 KiB, so with that every alert would wait out `kafka.fetch_wait_max_ms`.
+    /// Default 1: a fetch is answered as soon as an alert is there.
+    pub fetch_min_bytes: u32,
     /// Time given to finish the batch in hand on SIGTERM, in ms.
     pub shutdown_grace_ms: u64,
     /// How long a partition waits for an unknown writer schema, in s.
@@ -92,6 +97,7 @@ impl Default for NotifierSettings {
             reload_interval_ms: 2_000,
             batch_max_records: 500,
             batch_max_wait_ms: 5,
+            fetch_min_bytes: 1,
             shutdown_grace_ms: 30_000,
             unknown_schema_hold_secs: 120,
             ack_token_file: PathBuf::new(),
@@ -106,6 +112,9 @@ impl Validate for NotifierSettings {
         }
         if self.batch_max_records == 0 {
             return Err(invalid(s, "batch_max_records", "must be >= 1"));
+        }
+        if self.fetch_min_bytes == 0 || self.fetch_min_bytes > 100_000_000 {
+            return Err(invalid(s, "fetch_min_bytes", "must be in 1..=100000000"));
         }
         if self.reload_interval_ms == 0 {
             return Err(invalid(s, "reload_interval_ms", "must be >= 1"));
@@ -212,8 +221,13 @@ pub async fn run_with_listener(
         policy: policy_rx.clone(),
         wake: wake_tx,
     };
+    // Alerts are few: their fetches answer at once rather than gather bytes.
+    let consumer_kafka = KafkaConfig {
+        fetch_min_bytes: settings.fetch_min_bytes,
+        ..config.kafka.clone()
+    };
     let consumer = BatchConsumer::new(
-        &config.kafka,
+        &consumer_kafka,
         ConsumerSettings {
             group_id: settings.group_id.clone(),
             topics: vec![topic::ALERTS.to_string()],
