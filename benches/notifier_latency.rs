@@ -66,11 +66,14 @@ fn load_average() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-/// Every webhook arrival: alert id → (its `occurred_at`, when it arrived), each time
-/// it arrived.
+/// One webhook arrival of an alert: its `occurred_at` (stamped when produced) and
+/// when the webhook got it.
+type Arrival = (DateTime<Utc>, DateTime<Utc>);
+
+/// Every webhook arrival, by alert id (more than one: a duplicate).
 #[derive(Default)]
 struct Arrivals {
-    by_alert: HashMap<String, Vec<(DateTime<Utc>, DateTime<Utc>)>>,
+    by_alert: HashMap<String, Vec<Arrival>>,
     calls: usize,
 }
 
